@@ -1,0 +1,40 @@
+"""Recording temporal-attention probabilities during one UNet forward (MotionClone Sec. 3.2).
+
+An `AttentionCapture` is created for a single forward pass and handed to the motion modules. Layers
+whose name lies in one of its blocks compute their probabilities explicitly and record them here; with
+autograd enabled the recorded tensors keep their graph, so a loss on them can be differentiated with
+respect to the latent. Once the last motion module of the captured blocks has run, the capture raises
+`ForwardStopped` (if asked to), because the guidance never needs the rest of the UNet.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ForwardStopped(Exception):
+    """Ends a UNet forward early; caught by whoever started the captured forward."""
+
+
+class AttentionCapture:
+    """Collects `(N, heads, F, F)` probability tensors of chosen layers for one forward.
+
+    Args:
+        blocks: diffusers block names whose temporal-attention layers are recorded, e.g. `("up_blocks.1",)`.
+        stop_after: name of the motion module after which the forward is stopped, or None to run it all.
+    """
+
+    def __init__(self, blocks: tuple[str, ...], stop_after: str | None = None):
+        self.blocks = tuple(blocks)
+        self.stop_after = stop_after
+        self.probs: dict[str, torch.Tensor] = {}
+
+    def wants(self, layer_name: str) -> bool:
+        return any(layer_name.startswith(block + ".") for block in self.blocks)
+
+    def record(self, layer_name: str, probs: torch.Tensor) -> None:
+        self.probs[layer_name] = probs
+
+    def module_done(self, module_name: str) -> None:
+        if self.stop_after is not None and module_name == self.stop_after:
+            raise ForwardStopped(module_name)

@@ -1,0 +1,41 @@
+"""Where AnimateDiff's motion modules sit in ComfyUI's SD1.5 UNet: the one diffusers <-> ComfyUI map.
+
+diffusers `down_blocks.k` are ComfyUI `input_blocks[3k+1, 3k+2]`, `mid_block` is `middle_block`, and
+`up_blocks.k` are `output_blocks[3k, 3k+1, 3k+2]` (AnimateDiff `unet.py`; ComfyUI `openaimodel.py`).
+Inside a block the module goes after the last spatial transformer, or after the resnet where there is
+none, and always before an up/down-sampler.
+"""
+
+from __future__ import annotations
+
+SD15_INPUT_BLOCKS = 12
+SD15_OUTPUT_BLOCKS = 12
+
+
+def comfy_block_of(module_name: str) -> tuple[str, int]:
+    """`"up_blocks.1.motion_modules.2"` -> `("output", 5)`; `"mid_block.motion_modules.0"` -> `("middle", 0)`."""
+    parts = module_name.split(".")
+    if parts[0] == "mid_block":
+        return ("middle", 0)
+    level, index = int(parts[1]), int(parts[3])
+    if parts[0] == "down_blocks":
+        return ("input", 3 * level + 1 + index)
+    return ("output", 3 * level + index)
+
+
+def blocks_of_motion_model(module_names: list[str]) -> dict[tuple[str, int], str]:
+    """ComfyUI block -> motion-module name, for every module of a motion model."""
+    return {comfy_block_of(name): name for name in module_names}
+
+
+def validate_block_names(blocks: tuple[str, ...], has_mid_block: bool) -> tuple[str, ...]:
+    """Check user-facing block names such as `"up_blocks.1"`; returns them unchanged."""
+    from .errors import MotionCloneError
+
+    valid = [f"down_blocks.{i}" for i in range(4)] + [f"up_blocks.{i}" for i in range(4)]
+    if has_mid_block:
+        valid.append("mid_block")
+    for block in blocks:
+        if block not in valid:
+            raise MotionCloneError(f"Unknown motion-module block '{block}'; expected one of {', '.join(valid)}.")
+    return blocks

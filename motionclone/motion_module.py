@@ -1,0 +1,267 @@
+"""The AnimateDiff SD1.5 motion module (temporal transformer) in plain torch.
+
+Architecture of AnimateDiff v1/v2/v3 and AnimateLCM (Guo et al., arXiv 2307.04725, "motion module"),
+with parameter names identical to the released checkpoints so that `load_state_dict` takes them as is:
+
+    {down_blocks.i | mid_block | up_blocks.i}.motion_modules.j.temporal_transformer.
+        norm, proj_in, transformer_blocks.0.{attention_blocks.{0,1}, norms.{0,1}, ff, ff_norm}, proj_out
+
+Frames travel in the batch axis, as in ComfyUI: a module receives `(B*F, C, H, W)` and attends over the
+F frames independently at every spatial position. MotionClone (arXiv 2406.05338, Sec. 3.2) reads the
+per-head temporal-attention probabilities of these layers; `TemporalAttention` computes them
+explicitly (fp32 softmax, positional encoding included) when an `AttentionCapture` asks for its layer,
+and otherwise uses the fused scaled-dot-product kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .capture import AttentionCapture
+from .errors import FrameCountError
+
+MOTION_MODULE_HEADS = 8
+
+
+def sinusoidal_positional_encoding(max_frames: int, channels: int) -> torch.Tensor:
+    """The fixed sinusoidal encoding AnimateDiff adds before the q/k/v projections.
+
+    Returns:
+        `(1, max_frames, channels)`: `pe[0, p, 2i] = sin(p / 10000^(2i/C))`, `pe[0, p, 2i+1] = cos(...)`.
+    """
+    position = torch.arange(max_frames, dtype=torch.float32).unsqueeze(1)
+    frequency = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-math.log(10000.0) / channels))
+    pe = torch.zeros(1, max_frames, channels)
+    pe[0, :, 0::2] = torch.sin(position * frequency)
+    pe[0, :, 1::2] = torch.cos(position * frequency)
+    return pe
+
+
+def temporal_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per-head attention probabilities over key frames, computed in fp32.
+
+    Args:
+        q, k: `(N, F, C)` projected queries and keys, N = batch x spatial positions.
+        heads: number of heads; the head dimension is `C // heads`.
+
+    Returns:
+        `(N, heads, F, F)` float32, `softmax_j(q_i . k_j / sqrt(C/heads))`, rows summing to 1.
+    """
+    n, frames, channels = q.shape
+    head_dim = channels // heads
+    q = q.float().reshape(n, frames, heads, head_dim).transpose(1, 2)
+    k = k.float().reshape(n, frames, heads, head_dim).transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)
+
+
+def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    n, frames, channels = t.shape
+    return t.reshape(n, frames, heads, channels // heads).transpose(1, 2)
+
+
+def _merge_heads(t: torch.Tensor) -> torch.Tensor:
+    n, heads, frames, head_dim = t.shape
+    return t.transpose(1, 2).reshape(n, frames, heads * head_dim)
+
+
+class PositionalEncoding(nn.Module):
+    """Holds the `pe` buffer (saved in v1/v2/v3 checkpoints, rebuilt for AnimateLCM)."""
+
+    def __init__(self, channels: int, max_frames: int):
+        super().__init__()
+        self.register_buffer("pe", sinusoidal_positional_encoding(max_frames, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.pe[:, : x.shape[1]].to(x.dtype)
+
+
+class TemporalAttention(nn.Module):
+    """AnimateDiff's `VersatileAttention`: self-attention across the frames at each position."""
+
+    def __init__(self, channels: int, max_frames: int, heads: int = MOTION_MODULE_HEADS):
+        super().__init__()
+        self.heads = heads
+        self.name = ""  # diffusers-style layer name, set by AnimateDiffMotionModel
+        self.to_q = nn.Linear(channels, channels, bias=False)
+        self.to_k = nn.Linear(channels, channels, bias=False)
+        self.to_v = nn.Linear(channels, channels, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
+        self.pos_encoder = PositionalEncoding(channels, max_frames)
+
+    def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None = None) -> torch.Tensor:
+        """`(B*F, D, C)` tokens of each frame -> `(B*F, D, C)`; D = H*W spatial positions."""
+        batch_frames, positions, channels = x.shape
+        batch = batch_frames // frames
+        # (b f) d c -> (b d) f c: every spatial position becomes a sequence of frames.
+        x = x.reshape(batch, frames, positions, channels).transpose(1, 2).reshape(batch * positions, frames, channels)
+        x = self.pos_encoder(x)
+        q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        if capture is not None and capture.wants(self.name):
+            probs = temporal_attention_probs(q, k, self.heads)
+            capture.record(self.name, probs)
+            out = _merge_heads(probs.to(v.dtype) @ _split_heads(v, self.heads))
+        else:
+            out = _merge_heads(
+                F.scaled_dot_product_attention(
+                    _split_heads(q, self.heads), _split_heads(k, self.heads), _split_heads(v, self.heads)
+                )
+            )
+        out = self.to_out[1](self.to_out[0](out))
+        return out.reshape(batch, positions, frames, channels).transpose(1, 2).reshape(batch_frames, positions, channels)
+
+
+class GEGLU(nn.Module):
+    def __init__(self, channels: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(channels, inner * 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, gate = self.proj(x).chunk(2, dim=-1)
+        return hidden * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, channels: int, multiplier: int = 4):
+        super().__init__()
+        self.net = nn.ModuleList([GEGLU(channels, channels * multiplier), nn.Dropout(0.0), nn.Linear(channels * multiplier, channels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.net:
+            x = layer(x)
+        return x
+
+
+class TemporalTransformerBlock(nn.Module):
+    """Pre-norm block: each temporal attention then the GEGLU feed-forward, all residual."""
+
+    def __init__(self, channels: int, max_frames: int, attention_layers: int = 2):
+        super().__init__()
+        self.attention_blocks = nn.ModuleList(TemporalAttention(channels, max_frames) for _ in range(attention_layers))
+        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(attention_layers))
+        self.ff = FeedForward(channels)
+        self.ff_norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None) -> torch.Tensor:
+        for attention, norm in zip(self.attention_blocks, self.norms):
+            x = attention(norm(x), frames, capture) + x
+        return self.ff(self.ff_norm(x)) + x
+
+
+class TemporalTransformer3D(nn.Module):
+    def __init__(self, channels: int, max_frames: int, transformer_blocks: int = 1, attention_layers: int = 2):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, channels)
+        self.transformer_blocks = nn.ModuleList(
+            TemporalTransformerBlock(channels, max_frames, attention_layers) for _ in range(transformer_blocks)
+        )
+        self.proj_out = nn.Linear(channels, channels)
+
+    def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None) -> torch.Tensor:
+        batch_frames, channels, height, width = x.shape
+        # GroupNorm on (B*F, C, H, W) normalises each frame on its own ("inflated" norm of v2/v3).
+        h = self.norm(x).permute(0, 2, 3, 1).reshape(batch_frames, height * width, channels)
+        h = self.proj_in(h)
+        for block in self.transformer_blocks:
+            h = block(h, frames, capture)
+        h = self.proj_out(h)
+        return h.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2) + x
+
+
+class MotionModule(nn.Module):
+    """AnimateDiff's `VanillaTemporalModule`; inserted after each UNet block's attention."""
+
+    def __init__(self, channels: int, max_frames: int, transformer_blocks: int = 1, attention_layers: int = 2):
+        super().__init__()
+        self.name = ""  # e.g. "up_blocks.1.motion_modules.0", set by AnimateDiffMotionModel
+        self.channels = channels
+        self.max_frames = max_frames
+        self.temporal_transformer = TemporalTransformer3D(channels, max_frames, transformer_blocks, attention_layers)
+
+    def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None = None) -> torch.Tensor:
+        """`(B*F, C, H, W)` -> `(B*F, C, H, W)`; raises `ForwardStopped` after the capture's last layer."""
+        if frames > self.max_frames:
+            raise FrameCountError(
+                f"The motion module supports at most {self.max_frames} frames (its positional encoding), "
+                f"got {frames}. Use fewer frames, or a motion module with a longer encoding."
+            )
+        if x.shape[0] % frames:
+            raise FrameCountError(f"Batch of {x.shape[0]} latents is not a whole number of {frames}-frame videos.")
+        out = self.temporal_transformer(x, frames, capture)
+        if capture is not None:
+            capture.module_done(self.name)
+        return out
+
+
+class _MotionBlock(nn.Module):
+    def __init__(self, channels: int, count: int, max_frames: int, transformer_blocks: int, attention_layers: int):
+        super().__init__()
+        self.motion_modules = nn.ModuleList(
+            MotionModule(channels, max_frames, transformer_blocks, attention_layers) for _ in range(count)
+        )
+
+
+class AnimateDiffMotionModel(nn.Module):
+    """All motion modules of an SD1.5 UNet: 4x2 down, optional mid (v2, AnimateLCM), 4x3 up.
+
+    Args:
+        channels: UNet width per resolution level, `(320, 640, 1280, 1280)` for SD1.5.
+        has_mid_block: v2 and AnimateLCM carry a module in the middle block.
+        max_frames: length of the positional encoding, i.e. the frame limit.
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, int, int, int] = (320, 640, 1280, 1280),
+        has_mid_block: bool = False,
+        max_frames: int = 32,
+        transformer_blocks: int = 1,
+        attention_layers: int = 2,
+    ):
+        super().__init__()
+        self.channels = tuple(channels)
+        self.max_frames = max_frames
+        args = (max_frames, transformer_blocks, attention_layers)
+        self.down_blocks = nn.ModuleList(_MotionBlock(c, 2, *args) for c in channels)
+        self.mid_block = _MotionBlock(channels[-1], 1, *args) if has_mid_block else None
+        self.up_blocks = nn.ModuleList(_MotionBlock(c, 3, *args) for c in reversed(channels))
+        for name, module in self.named_modules():
+            if isinstance(module, (MotionModule, TemporalAttention)):
+                module.name = name
+
+    @property
+    def has_mid_block(self) -> bool:
+        return self.mid_block is not None
+
+    def modules_in_forward_order(self) -> Iterator[MotionModule]:
+        """The motion modules in the order a UNet forward runs them."""
+        for block in self.down_blocks:
+            yield from block.motion_modules
+        if self.mid_block is not None:
+            yield from self.mid_block.motion_modules
+        for block in self.up_blocks:
+            yield from block.motion_modules
+
+    def attention_layer_names(self, block_prefixes: tuple[str, ...]) -> list[str]:
+        """Names of the temporal-attention layers inside the given blocks, e.g. `("up_blocks.1",)`."""
+        return [
+            layer.name
+            for module in self.modules_in_forward_order()
+            if _in_blocks(module.name, block_prefixes)
+            for layer in module.modules()
+            if isinstance(layer, TemporalAttention)
+        ]
+
+    def last_module_in(self, block_prefixes: tuple[str, ...]) -> str | None:
+        """The name of the last motion module the forward runs inside the given blocks."""
+        names = [m.name for m in self.modules_in_forward_order() if _in_blocks(m.name, block_prefixes)]
+        return names[-1] if names else None
+
+
+def _in_blocks(name: str, block_prefixes: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in block_prefixes)

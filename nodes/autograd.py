@@ -1,0 +1,119 @@
+"""Temporal-attention capture and gradients inside a ComfyUI sampling run.
+
+ComfyUI executes every node under `torch.inference_mode()`. Tensors made there are *inference
+tensors*, and autograd refuses to save them for backward. That concerns three kinds of tensors on the
+way from the latent to a loss on temporal attention:
+
+1. Weights. Loaded by the checkpoint loader (and re-created when ComfyUI merges LoRA patches while
+   loading the model for sampling), they are inference tensors, and the backward through every matmul
+   needs them. `_make_autograd_ready` replaces each inference parameter and buffer of the modules the
+   forward touches by an ordinary copy with the same values, made with inference mode off. It runs at
+   every gradient pass, because a sampling run may have reloaded (and re-patched) weights; a check of
+   `is_inference()` per tensor is all it costs once the copies exist. Outputs stay bit-identical.
+2. The sigma of the step. The model multiplies the latent by a function of it, so it is cloned.
+3. The latent. A fresh leaf (`x.detach().clone().requires_grad_()`) is made with inference mode off.
+
+Conditioning needs nothing: it only meets weights that do not require grad, and the results of those
+operations, computed with inference mode off, are ordinary tensors.
+
+The gradient forward runs only the conditional batch and stops after the last motion module of the
+captured blocks (`AttentionCapture(stop_after=...)`), so no activation of later blocks is kept. Spatial
+attention is forced to PyTorch's SDPA during it, because some kernels ComfyUI may be launched with
+(sage, flash) have no backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import comfy.ldm.modules.attention
+import comfy.samplers
+import torch
+
+from ..motionclone import AttentionCapture, ForwardStopped
+from ..motionclone.layout import comfy_block_of
+from .patching import SamplingRun, with_capture
+
+
+def capture_attention(
+    run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
+    blocks: tuple[str, ...], stop_early: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Temporal-attention probabilities of `blocks` for one conditional forward, without gradients.
+
+    Args:
+        run: the `SamplingRun` of the current sampling run (see `patching.current_run`).
+        inner_model: ComfyUI's BaseModel (`guider.inner_model`).
+        conds: processed conditioning of one kind, e.g. `guider.conds["positive"]`.
+        x: `(F, 4, h, w)` latent in ComfyUI's sampler space; sigma: `(F,)` or `(1,)`.
+        blocks: diffusers block names, e.g. `("up_blocks.1",)`.
+
+    Returns:
+        layer name -> `(h_l * w_l, heads, F, F)` float32 probabilities (rows sum to 1).
+    """
+    capture = AttentionCapture(blocks, run.motion_model.last_module_in(blocks) if stop_early else None)
+    with torch.no_grad():
+        _forward(inner_model, conds, x, sigma, with_capture(model_options, capture))
+    return capture.probs
+
+
+def attention_loss_gradient(
+    run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
+    blocks: tuple[str, ...], loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of `loss_fn(probabilities of blocks)` with respect to the latent `x`.
+
+    Callable from anywhere inside a sampling run (a sampler, a guider, a wrapper), whatever the
+    inference mode. Arguments as in `capture_attention`.
+
+    Returns:
+        `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        _make_autograd_ready(_modules_on_path(run, inner_model, blocks))
+        leaf = x.detach().clone().requires_grad_(True)
+        capture = AttentionCapture(blocks, run.motion_model.last_module_in(blocks))
+        options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
+        _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
+        missing = [name for name in run.motion_model.attention_layer_names(blocks) if name not in capture.probs]
+        if missing:
+            raise RuntimeError(f"Temporal attention of {missing[0]} was not captured; is the motion model injected?")
+        loss = loss_fn(capture.probs)
+        (grad,) = torch.autograd.grad(loss, leaf)
+    return loss.detach(), grad.detach()
+
+
+def _forward(inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> None:
+    try:
+        comfy.samplers.calc_cond_batch(inner_model, [conds], x, sigma, model_options)
+    except ForwardStopped:
+        pass
+
+
+def _differentiable_attention(kernel, *args, **kwargs):
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+def _modules_on_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The UNet parts a forward stopped after `blocks` runs through, plus the motion model."""
+    unet = inner_model.diffusion_model
+    last = run.motion_model.last_module_in(blocks)
+    kind, index = comfy_block_of(last) if last else ("output", len(unet.output_blocks) - 1)
+    path: list[torch.nn.Module] = [run.motion_model, unet.time_embed, unet.input_blocks]
+    if kind != "input":
+        path.append(unet.middle_block)
+    if kind == "output":
+        path.extend(unet.output_blocks[: index + 1])
+    return path
+
+
+def _make_autograd_ready(modules: list[torch.nn.Module]) -> None:
+    """Replace inference-mode parameters and buffers by equal ordinary tensors (call with inference mode off)."""
+    for root in modules:
+        for module in root.modules():
+            for name, param in module._parameters.items():
+                if param is not None and param.is_inference():
+                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_inference():
+                    module._buffers[name] = buffer.clone()

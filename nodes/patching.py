@@ -1,0 +1,218 @@
+"""All ModelPatcher wiring of the pack, with its keys as constants.
+
+How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
+- the motion model rides along as an *additional model* of the patched clone, so ComfyUI loads and
+  offloads it together with the UNet;
+- a `PatcherInjection` inserts its motion modules into the UNet blocks when ComfyUI patches the model
+  for sampling, and removes them when the model is unpatched or another clone is loaded;
+- a `forward_timestep_embed_patch` tells ComfyUI's UNet how to call them (with the frame count and the
+  per-forward `AttentionCapture`, both read from `transformer_options`);
+- a `model_sampling` object patch switches to the beta schedule AnimateDiff was trained with;
+- an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.model_sampling
+import comfy.patcher_extension
+import comfy.supported_models
+from comfy.ldm.modules.attention import SpatialTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
+
+from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule
+from ..motionclone.errors import FrameCountError, IncompatibleModelError
+from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
+
+PATCH_KEY = "motionclone"  # wrappers, injections and additional models of this pack
+RUN_STATE_KEY = "motionclone_run"  # transformer_options entry holding the SamplingRun of a sampling run
+CAPTURE_KEY = "motionclone_capture"  # transformer_options entry holding the AttentionCapture of one forward
+ADE_KEY = "ADE"  # AnimateDiff-Evolved's key for its injections, wrappers and additional models
+
+BETA_SCHEDULES = {
+    # AnimateDiff's training schedule: diffusers "linear" is ComfyUI "sqrt_linear".
+    "sqrt_linear": {"beta_schedule": "sqrt_linear", "linear_start": 0.00085, "linear_end": 0.012},
+    # SD1.5's own schedule (diffusers "scaled_linear").
+    "linear": {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012},
+}
+KEEP_MODEL_SCHEDULE = "keep MODEL's"
+
+
+@dataclass
+class SamplingRun:
+    """Per-run state of a motion-patched MODEL; lives in `transformer_options[RUN_STATE_KEY]`."""
+
+    motion_model: AnimateDiffMotionModel
+    frames: int
+
+
+def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patcher.ModelPatcher:
+    """A ModelPatcher that lets ComfyUI's memory manager move the motion model with the UNet."""
+    return comfy.model_patcher.ModelPatcher(
+        motion_model,
+        load_device=comfy.model_management.get_torch_device(),
+        offload_device=comfy.model_management.unet_offload_device(),
+    )
+
+
+def motion_model_of(model: comfy.model_patcher.ModelPatcher) -> AnimateDiffMotionModel | None:
+    patchers = model.get_additional_models_with_key(PATCH_KEY)
+    return patchers[0].model if patchers else None
+
+
+def apply_motion_model(
+    model: comfy.model_patcher.ModelPatcher, motion: comfy.model_patcher.ModelPatcher, beta_schedule: str
+) -> comfy.model_patcher.ModelPatcher:
+    """Clone `model` and attach the motion modules; `model` itself is left untouched."""
+    motion_model: AnimateDiffMotionModel = motion.model
+    _check_can_animate(model, motion_model)
+    patched = model.clone()
+    patched.set_additional_models(PATCH_KEY, [motion.clone()])
+    patched.set_injections(PATCH_KEY, [comfy.patcher_extension.PatcherInjection(_inject, _eject)])
+    patched.set_model_forward_timestep_embed_patch((MotionModule, _run_motion_module))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, PATCH_KEY, _outer_sample)
+    if beta_schedule != KEEP_MODEL_SCHEDULE:
+        patched.add_object_patch("model_sampling", _model_sampling(model, BETA_SCHEDULES[beta_schedule]))
+    return patched
+
+
+def _check_can_animate(model: comfy.model_patcher.ModelPatcher, motion_model: AnimateDiffMotionModel) -> None:
+    config = model.model.model_config
+    if not isinstance(config, comfy.supported_models.SD15):
+        raise IncompatibleModelError(
+            f"AnimateDiff SD1.5 motion modules need an SD1.5 MODEL; this MODEL is {type(config).__name__}. "
+            "Load an SD1.5 checkpoint (or a fine-tune of it) instead."
+        )
+    if model.get_additional_models_with_key(PATCH_KEY) or PATCH_KEY in model.injections:
+        raise IncompatibleModelError(
+            "This MODEL already carries MotionClone motion modules. Connect the plain checkpoint MODEL "
+            "(before 'Apply AnimateDiff') instead of applying twice."
+        )
+    if ADE_KEY in model.injections or model.get_additional_models_with_key(ADE_KEY):
+        raise IncompatibleModelError(
+            "This MODEL already carries AnimateDiff-Evolved motion modules. Use the MODEL from before the "
+            "AnimateDiff-Evolved nodes: MotionClone needs its own motion modules to read temporal attention."
+        )
+    unet = model.model.diffusion_model
+    if len(unet.input_blocks) != SD15_INPUT_BLOCKS or len(unet.output_blocks) != SD15_OUTPUT_BLOCKS:
+        raise IncompatibleModelError(
+            f"The MODEL's UNet has {len(unet.input_blocks)} input blocks; SD1.5 has {SD15_INPUT_BLOCKS}."
+        )
+    for module in motion_model.modules_in_forward_order():
+        block = _block(unet, module.name)
+        width = _block_width(block)
+        if width != module.channels:
+            raise IncompatibleModelError(
+                f"Motion module {module.name} has {module.channels} channels but the UNet block it goes into "
+                f"({comfy_block_of(module.name)}) has {width}. The motion module does not belong to this model family."
+            )
+
+
+def _block(unet, module_name: str):
+    kind, index = comfy_block_of(module_name)
+    return unet.middle_block if kind == "middle" else getattr(unet, f"{kind}_blocks")[index]
+
+
+def _block_width(block) -> int | None:
+    layers = list(block)
+    transformers = [layer for layer in layers if isinstance(layer, SpatialTransformer)]
+    if transformers:
+        return transformers[-1].in_channels
+    resblocks = [layer for layer in layers if isinstance(layer, ResBlock)]
+    return resblocks[-1].out_channels if resblocks else None
+
+
+def _insert_position(block) -> int:
+    """After the last spatial transformer, else after the first resnet (AnimateDiff's placement)."""
+    layers = list(block)
+    transformers = [i for i, layer in enumerate(layers) if isinstance(layer, SpatialTransformer)]
+    if transformers:
+        return transformers[-1] + 1
+    return next(i for i, layer in enumerate(layers) if isinstance(layer, ResBlock)) + 1
+
+
+def _inject(patcher: comfy.model_patcher.ModelPatcher) -> None:
+    unet = patcher.model.diffusion_model
+    for module in motion_model_of(patcher).modules_in_forward_order():
+        block = _block(unet, module.name)
+        block.insert(_insert_position(block), module)
+
+
+def _eject(patcher: comfy.model_patcher.ModelPatcher) -> None:
+    unet = patcher.model.diffusion_model
+    for module in motion_model_of(patcher).modules_in_forward_order():
+        block = _block(unet, module.name)
+        for index, layer in enumerate(block):
+            if layer is module:
+                del block[index]
+                break
+
+
+def _run_motion_module(layer: MotionModule, x, emb, context, transformer_options, *args, **kwargs):
+    """`forward_timestep_embed_patch` handler: ComfyUI calls it for every inserted MotionModule."""
+    capture: AttentionCapture | None = transformer_options.get(CAPTURE_KEY)
+    if capture is not None:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+    chunks = len(transformer_options.get("cond_or_uncond") or [None])
+    weight_dtype = layer.temporal_transformer.proj_in.weight.dtype
+    out = layer(x.to(weight_dtype), x.shape[0] // chunks, capture)
+    return out.to(x.dtype)
+
+
+def _outer_sample(executor, *args, **kwargs):
+    """Create the run's `SamplingRun`, check the frame count, and release the state in `finally`."""
+    guider = executor.class_obj
+    latent = args[1] if len(args) > 1 else kwargs["latent_image"]
+    motion_model = motion_model_of(guider.model_patcher)
+    frames = int(latent.shape[0])
+    if frames > motion_model.max_frames:
+        raise FrameCountError(
+            f"The latent batch has {frames} frames but the motion module supports at most "
+            f"{motion_model.max_frames}. Set the latent batch size (frame count) to {motion_model.max_frames} or fewer."
+        )
+    transformer_options = guider.model_options.setdefault("transformer_options", {})
+    transformer_options[RUN_STATE_KEY] = SamplingRun(motion_model, frames)
+    try:
+        return executor(*args, **kwargs)
+    finally:
+        transformer_options.pop(RUN_STATE_KEY, None)
+
+
+def current_run(model_options: dict) -> SamplingRun:
+    """The `SamplingRun` of the sampling run these `model_options` belong to."""
+    run = model_options.get("transformer_options", {}).get(RUN_STATE_KEY)
+    if run is None:
+        raise IncompatibleModelError(
+            "This MODEL has no AnimateDiff motion modules. Connect it through 'MotionClone: Apply AnimateDiff' first."
+        )
+    return run
+
+
+def with_capture(model_options: dict, capture: AttentionCapture, **transformer_options) -> dict:
+    """A copy of `model_options` whose forwards record into `capture` (other entries shared)."""
+    options = dict(model_options)
+    options["transformer_options"] = {**model_options.get("transformer_options", {}), CAPTURE_KEY: capture, **transformer_options}
+    return options
+
+
+class _EpsSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):
+    pass
+
+
+class _VPredictionSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.V_PREDICTION):
+    pass
+
+
+class _SamplingConfig:
+    def __init__(self, sampling_settings: dict):
+        self.sampling_settings = sampling_settings
+
+
+def _model_sampling(model: comfy.model_patcher.ModelPatcher, settings: dict):
+    """A `model_sampling` with the given beta schedule and the MODEL's own prediction type."""
+    current = model.get_model_object("model_sampling")
+    v_prediction = isinstance(current, comfy.model_sampling.V_PREDICTION)
+    return (_VPredictionSampling if v_prediction else _EpsSampling)(_SamplingConfig(settings))

@@ -1,0 +1,7 @@
+"""Custom socket types of the pack, declared once."""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+MotionModelSocket = io.Custom("MOTION_MODEL")
