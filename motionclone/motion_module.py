@@ -170,7 +170,8 @@ class TemporalTransformer3D(nn.Module):
         for block in self.transformer_blocks:
             h = block(h, frames, capture)
         h = self.proj_out(h)
-        return h.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2) + x
+        # Residual first: the sum then keeps x's contiguous layout, so the UNet's next layers run as without us.
+        return x + h.reshape(batch_frames, height, width, channels).permute(0, 3, 1, 2)
 
 
 class MotionModule(nn.Module):

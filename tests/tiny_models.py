@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from motionclone.motion_module import AnimateDiffMotionModel, MotionModule
+from motionclone.motion_module import AnimateDiffMotionModel
 
 TINY_CHANNELS = (32, 64, 128, 128)
 VERSIONS = {
@@ -20,14 +20,16 @@ VERSIONS = {
 }
 
 
-def tiny_motion_state_dict(version: str = "v3", seed: int = 0, zero_out: bool = False) -> dict[str, torch.Tensor]:
+def tiny_motion_state_dict(
+    version: str = "v3", seed: int = 0, zero_out: bool = False, channels: tuple[int, int, int, int] = TINY_CHANNELS
+) -> dict[str, torch.Tensor]:
     """A state dict laid out like the released file of `version`, with random weights.
 
     `zero_out=True` zeroes every `proj_out`, as AnimateDiff initialises untrained modules: the module
     is then the identity.
     """
     has_mid, pe_length = VERSIONS[version]
-    model = AnimateDiffMotionModel(TINY_CHANNELS, has_mid, pe_length or 64)
+    model = AnimateDiffMotionModel(channels, has_mid, pe_length or 64)
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in model.state_dict().items():
@@ -43,12 +45,3 @@ def tiny_motion_state_dict(version: str = "v3", seed: int = 0, zero_out: bool = 
             fan_in = value.shape[-1] if value.ndim > 1 else value.shape[0]
             state[key] = torch.randn(value.shape, generator=generator) * fan_in**-0.5
     return state
-
-
-def tiny_motion_module(channels: int = 32, frames: int = 8, seed: int = 0) -> MotionModule:
-    generator = torch.Generator().manual_seed(seed)
-    module = MotionModule(channels, max_frames=32)
-    with torch.no_grad():
-        for param in module.parameters():
-            param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
-    return module.eval()

@@ -1,0 +1,173 @@
+"""Starts a real ComfyUI in-process for the integration tier.
+
+ComfyUI is taken from `COMFYUI_PATH`, or from the ComfyUI whose `custom_nodes/` holds this pack. Its
+custom-node search path is replaced by a temporary folder holding links to this pack and to the
+test-only node pack beside this file, and its models folder by a temporary one, so the pack's own
+folder registration and ComfyUI's real loaders find the files the tests write there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.abc
+import importlib.machinery
+import inspect
+import os
+import sys
+import types
+import uuid
+from dataclasses import dataclass
+
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TESTING_PACK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "testing_pack")
+
+
+def find_comfyui() -> tuple[str | None, str]:
+    """(path, reason): the ComfyUI root to test against, or None and why not."""
+    candidates = []
+    if os.environ.get("COMFYUI_PATH"):
+        candidates.append(os.path.abspath(os.environ["COMFYUI_PATH"]))
+    parent = os.path.dirname(PACK_ROOT)
+    if os.path.basename(parent) == "custom_nodes":
+        candidates.append(os.path.dirname(parent))
+    for path in candidates:
+        if os.path.isfile(os.path.join(path, "nodes.py")) and os.path.isdir(os.path.join(path, "comfy")):
+            return path, ""
+    if candidates:
+        return None, f"no ComfyUI at {candidates[0]} (needs nodes.py and comfy/)"
+    return None, "set COMFYUI_PATH to a ComfyUI checkout, or install the pack in a ComfyUI's custom_nodes/"
+
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StubModule(f"{self.__name__}.{name}")
+
+    def __call__(self, *args, **kwargs):
+        raise ImportError(f"{self.__name__} is an import stub: the real package does not import on this machine")
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Answers imports of packages that have no CPU build here (torchvision, torchaudio)."""
+
+    def __init__(self, roots: set[str]):
+        self.roots = roots
+
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in self.roots:
+            return importlib.machinery.ModuleSpec(name, self, is_package=True)
+        return None
+
+    def create_module(self, spec):
+        return _StubModule(spec.name)
+
+    def exec_module(self, module):
+        module.__path__ = []
+
+
+def _stub_unimportable(packages: tuple[str, ...]) -> list[str]:
+    stubbed = []
+    for package in packages:
+        try:
+            __import__(package)
+        except Exception:  # noqa: BLE001 - a broken install fails in many ways; all mean "stub it"
+            for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
+                del sys.modules[name]
+            stubbed.append(package)
+    if stubbed:
+        sys.meta_path.insert(0, _StubFinder(set(stubbed)))
+    return stubbed
+
+
+class StubServer:
+    """What PromptExecutor touches of ComfyUI's PromptServer."""
+
+    client_id = None
+    last_node_id = None
+    last_prompt_id = None
+
+    def send_sync(self, event, data, sid=None):
+        pass
+
+    def queue_updated(self):
+        pass
+
+
+@dataclass
+class ComfyUI:
+    root: str
+    models_dir: str
+    output_dir: str
+    nodes: types.ModuleType
+    execution: types.ModuleType
+    version: str
+
+    def node(self, node_id: str):
+        return self.nodes.NODE_CLASS_MAPPINGS[node_id]
+
+    def run_prompt(self, prompt: dict) -> None:
+        """Validate and execute an API-format prompt with ComfyUI's own PromptExecutor."""
+        prompt_id = str(uuid.uuid4())
+        valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
+        if not valid:
+            raise AssertionError(f"prompt failed validation: {error} {node_errors}")
+        options = {"cache_type": self.execution.CacheType.CLASSIC}
+        if "cache_args" in inspect.signature(self.execution.PromptExecutor).parameters:  # ComfyUI >= 0.4
+            from comfy.cli_args import args
+
+            options["cache_args"] = {"lru": args.cache_lru, "ram": args.cache_ram}
+        executor = self.execution.PromptExecutor(StubServer(), **options)
+        executor.execute(prompt, prompt_id, {}, outputs)
+        if not executor.success:
+            errors = [m for m in executor.status_messages if m[0] == "execution_error"]
+            raise PromptFailed(errors[0][1] if errors else executor.status_messages)
+
+
+class PromptFailed(AssertionError):
+    def __init__(self, details):
+        super().__init__(f"{details.get('exception_type')}: {details.get('exception_message')}" if isinstance(details, dict) else str(details))
+        self.details = details
+
+
+def start_comfyui(root: str, workdir: str) -> ComfyUI:
+    sys.path.insert(0, root)
+    _stub_unimportable(("torchvision", "torchaudio"))
+    from comfy.cli_args import args
+
+    args.cpu = True
+    import utils.extra_config  # noqa: F401 - must precede `import nodes` (ComfyUI's import order)
+    import folder_paths
+
+    custom_nodes = os.path.join(workdir, "custom_nodes")
+    models_dir = os.path.join(workdir, "models")
+    output_dir = os.path.join(workdir, "output")
+    for path in (custom_nodes, models_dir, output_dir, os.path.join(models_dir, "animatediff_models")):
+        os.makedirs(path, exist_ok=True)
+    os.symlink(PACK_ROOT, os.path.join(custom_nodes, "ComfyUI-MotionClone"))
+    os.symlink(TESTING_PACK, os.path.join(custom_nodes, "motionclone_testing_pack"))
+    folder_paths.folder_names_and_paths["custom_nodes"] = ([custom_nodes], set())
+    folder_paths.models_dir = models_dir
+    folder_paths.add_model_folder_path("loras", os.path.join(models_dir, "loras"), is_default=True)
+    folder_paths.set_output_directory(output_dir)
+
+    import execution
+    import nodes
+
+    init = nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False)
+    if inspect.iscoroutine(init):
+        asyncio.run(init)
+    import comfyui_version
+
+    return ComfyUI(root, models_dir, output_dir, nodes, execution, comfyui_version.__version__)
+
+
+def loaded_pack_module(name: str):
+    """A submodule of this pack as ComfyUI loaded it (e.g. "nodes.autograd"), not a second copy."""
+    init = os.path.realpath(os.path.join(PACK_ROOT, "__init__.py"))
+    for module_name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if path and os.path.realpath(path) == init:
+            return importlib.import_module(f"{module_name}.{name}")
+    raise LookupError("ComfyUI has not loaded the MotionClone pack")

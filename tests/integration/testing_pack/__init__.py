@@ -1,0 +1,182 @@
+"""Test-only ComfyUI nodes: a tiny SD1.5-architecture UNet, random conditioning, a gradient probe.
+
+Loaded by the integration harness next to the pack; never shipped. The tiny UNet is ComfyUI's own
+`UNetModel` with the SD1.5 config class and block layout, only narrower (32 base channels), with
+seeded weights loaded through `BaseModel.load_model_weights`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
+import comfy.supported_models
+import safetensors.torch
+import torch
+
+TINY_CONTEXT_DIM = 64
+TINY_UNET = {
+    "context_dim": TINY_CONTEXT_DIM,
+    "model_channels": 32,
+    "use_linear_in_transformer": False,
+    "adm_in_channels": None,
+    "use_temporal_attention": False,
+    "in_channels": 4,
+    "out_channels": 4,
+    "num_res_blocks": [2, 2, 2, 2],
+    "channel_mult": [1, 2, 4, 4],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "transformer_depth_middle": 1,
+    "use_spatial_transformer": True,
+    "legacy": False,
+    "image_size": 32,
+}
+
+
+def _seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        if value.numel() == 0:
+            state[key] = value.clone()
+        elif value.ndim == 1 and "norm" in key and key.endswith("weight"):
+            state[key] = 1.0 + 0.05 * torch.randn(value.shape, generator=generator)
+        else:
+            fan_in = value[0].numel() if value.ndim > 1 else value.shape[0]
+            state[key] = torch.randn(value.shape, generator=generator) * fan_in**-0.5
+    return state
+
+
+class TinySD15:
+    """`architecture="SD20"` builds the same tiny UNet under SD2's config class, as a non-SD1.5 MODEL."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})},
+                "optional": {"architecture": (["SD15", "SD20"],)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed, architecture="SD15"):
+        config_class = {"SD15": comfy.supported_models.SD15, "SD20": comfy.supported_models.SD20}[architecture]
+        config = config_class(dict(TINY_UNET))
+        config.set_inference_dtype(torch.float32, None)
+        model = config.get_model({})
+        weights = _seeded_weights(model.diffusion_model, seed)
+        model.load_model_weights({f"model.diffusion_model.{k}": v for k, v in weights.items()}, "model.diffusion_model.")
+        patcher = comfy.model_patcher.ModelPatcher(
+            model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
+        )
+        return (patcher,)
+
+
+class RandomConditioning:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        generator = torch.Generator().manual_seed(seed)
+        return ([[torch.randn(1, 8, TINY_CONTEXT_DIM, generator=generator), {}]],)
+
+
+class SaveLatentTo:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def save(self, samples, path):
+        safetensors.torch.save_file({"samples": samples["samples"].contiguous()}, path)
+        return ()
+
+
+def _pack_module(name: str):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
+    try:
+        from comfy_harness import loaded_pack_module
+    finally:
+        sys.path.pop(0)
+    return loaded_pack_module(name)
+
+
+class GradientProbe:
+    """Adds a PREDICT_NOISE wrapper that takes the gradient of a temporal-attention loss at every step."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""}), "blocks": ("STRING", {"default": "up_blocks.1"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, report_path, blocks):
+        autograd = _pack_module("nodes.autograd")
+        patching = _pack_module("nodes.patching")
+        blocks = tuple(blocks.split(","))
+        records = []
+
+        def loss_fn(probs):
+            # Pull every row's attention towards its own frame: a loss with a non-trivial gradient.
+            return sum(((p - torch.eye(p.shape[-1], device=p.device)) ** 2).mean() for p in probs.values())
+
+        def predict_noise(executor, x, timestep, model_options={}, seed=None):
+            out = executor(x, timestep, model_options, seed)
+            guider = executor.class_obj
+            run = patching.current_run(model_options)
+            conds = guider.conds["positive"]
+            later_blocks = []  # the gradient forward must stop after the captured blocks
+            hook = guider.inner_model.diffusion_model.output_blocks[6].register_forward_hook(lambda *a: later_blocks.append(1))
+            try:
+                loss, grad = autograd.attention_loss_gradient(run, guider.inner_model, conds, x, timestep, model_options, blocks, loss_fn)
+            finally:
+                hook.remove()
+
+            def loss_at(z):
+                return loss_fn(autograd.capture_attention(run, guider.inner_model, conds, z, timestep, model_options, blocks)).item()
+
+            step = 1e-2 * grad / grad.norm()
+            central_difference = (loss_at(x + step) - loss_at(x - step)) / (2 * step.norm().item())
+            records.append({
+                "loss": loss.item(),
+                "grad_norm": grad.norm().item(),
+                "finite": bool(torch.isfinite(grad).all()),
+                "grad_shape": list(grad.shape),
+                "x_shape": list(x.shape),
+                "inference_mode_outside": torch.is_inference_mode_enabled(),
+                "frames": run.frames,
+                "later_blocks_run": len(later_blocks),
+                "directional_derivative": grad.norm().item(),  # <grad, grad/|grad|>
+                "central_difference": central_difference,
+            })
+            with open(report_path, "w") as f:
+                json.dump(records, f)
+            return out
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_probe", predict_noise)
+        return (patched,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "MotionCloneTestTinySD15": TinySD15,
+    "MotionCloneTestRandomConditioning": RandomConditioning,
+    "MotionCloneTestSaveLatent": SaveLatentTo,
+    "MotionCloneTestGradientProbe": GradientProbe,
+}
