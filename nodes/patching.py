@@ -168,10 +168,12 @@ def _outer_sample(executor, *args, **kwargs):
     latent = args[1] if len(args) > 1 else kwargs["latent_image"]
     motion_model = motion_model_of(guider.model_patcher)
     frames = int(latent.shape[0])
-    if frames > motion_model.max_frames:
+    # With ComfyUI's context windows each window is checked by the motion modules themselves.
+    if frames > motion_model.max_frames and "context_handler" not in guider.model_options:
         raise FrameCountError(
             f"The latent batch has {frames} frames but the motion module supports at most "
-            f"{motion_model.max_frames}. Set the latent batch size (frame count) to {motion_model.max_frames} or fewer."
+            f"{motion_model.max_frames}. Set the latent batch size (frame count) to {motion_model.max_frames} or fewer, "
+            "or sample through context windows (ComfyUI's Context Windows node) no longer than that."
         )
     transformer_options = guider.model_options.setdefault("transformer_options", {})
     transformer_options[RUN_STATE_KEY] = SamplingRun(motion_model, frames)

@@ -107,8 +107,24 @@ class ComfyUI:
     def node(self, node_id: str):
         return self.nodes.NODE_CLASS_MAPPINGS[node_id]
 
+    def with_defaults(self, prompt: dict) -> dict:
+        """Fill required inputs a prompt leaves out with the node's defaults (inputs differ across versions)."""
+        for node in prompt.values():
+            for name, spec in self.node(node["class_type"]).INPUT_TYPES().get("required", {}).items():
+                if name in node["inputs"]:
+                    continue
+                options = spec[1] if len(spec) > 1 else {}
+                if "default" in options:
+                    node["inputs"][name] = options["default"]
+                elif isinstance(spec[0], list):
+                    node["inputs"][name] = spec[0][0]
+                elif "options" in options:
+                    node["inputs"][name] = options["options"][0]
+        return prompt
+
     def run_prompt(self, prompt: dict) -> None:
         """Validate and execute an API-format prompt with ComfyUI's own PromptExecutor."""
+        prompt = self.with_defaults(prompt)
         prompt_id = str(uuid.uuid4())
         valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
         if not valid:

@@ -7,8 +7,8 @@ FRAMES, WIDTH, HEIGHT = 4, 128, 128  # 16x16 latents: up_blocks.1 attends over 4
 
 def video_prompt(save_path: str, motion_module: str | None = None, beta_schedule: str = "sqrt_linear", *,
                  lora: str | None = None, probe_path: str | None = None, frames: int = FRAMES,
-                 sampler: str = "KSampler", steps: int = 3, seed: int = 7) -> dict:
-    """TinySD15 [-> LoRA] [-> Load + Apply AnimateDiff] [-> gradient probe] -> sampler -> SaveLatent."""
+                 sampler: str = "KSampler", steps: int = 3, seed: int = 7, context_length: int | None = None) -> dict:
+    """TinySD15 [-> LoRA] [-> Load + Apply AnimateDiff] [-> context windows] [-> gradient probe] -> sampler -> SaveLatent."""
     prompt = {
         "model": {"class_type": "MotionCloneTestTinySD15", "inputs": {"seed": 1}},
         "positive": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 2}},
@@ -24,6 +24,10 @@ def video_prompt(save_path: str, motion_module: str | None = None, beta_schedule
         prompt["apply"] = {"class_type": "MotionCloneApplyAnimateDiff",
                            "inputs": {"model": model, "motion_model": ["load", 0], "beta_schedule": beta_schedule}}
         model = ["apply", 0]
+    if context_length:
+        prompt["windows"] = {"class_type": "ContextWindowsManual",
+                             "inputs": {"model": model, "context_length": context_length, "context_overlap": 4}}
+        model = ["windows", 0]
     if probe_path:
         prompt["probe"] = {"class_type": "MotionCloneTestGradientProbe",
                            "inputs": {"model": model, "report_path": probe_path, "blocks": "up_blocks.1"}}

@@ -167,3 +167,23 @@ def test_too_many_frames_is_a_clear_error_through_the_executor(comfyui, tmp_path
     with pytest.raises(PromptFailed, match="33 frames but the motion module supports at most 32") as error:
         comfyui.run_prompt(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors", frames=33))
     assert error.value.details["exception_type"].endswith("FrameCountError")
+
+
+def test_long_videos_run_through_comfyui_context_windows(comfyui, tmp_path):
+    if tuple(int(p) for p in comfyui.version.split(".")[:2]) < (0, 4):
+        pytest.skip("ComfyUI < 0.4 context windows fail on per-frame timesteps (comfy/context_windows.py set_step)")
+    video = _sample(comfyui, tmp_path, "long", motion_module="tiny_v3.safetensors", frames=40, context_length=16, steps=2)
+    assert video.shape == (40, 4, 16, 16) and torch.isfinite(video).all()
+    with pytest.raises(PromptFailed, match="at most 32 frames"):  # each window is still checked
+        comfyui.run_prompt(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors",
+                                        frames=40, context_length=36, steps=1))
+
+
+def test_comfyui_reads_the_pyproject(comfyui):
+    """ComfyUI's own parser of custom-node pyproject files (used for version requirements)."""
+    parser = pytest.importorskip("comfy_config.config_parser")
+    config = parser.extract_node_configuration(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert config.project.name == "comfyui-motionclone"
+    assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "MotionClone"
+    assert config.project.supported_comfyui_version == ">=0.3.64"
+    assert config.tool_comfy.icon.endswith("icon.svg")
