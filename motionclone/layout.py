@@ -8,6 +8,8 @@ none, and always before an up/down-sampler.
 
 from __future__ import annotations
 
+from .errors import MotionCloneError
+
 SD15_INPUT_BLOCKS = 12
 SD15_OUTPUT_BLOCKS = 12
 
@@ -23,15 +25,8 @@ def comfy_block_of(module_name: str) -> tuple[str, int]:
     return ("output", 3 * level + index)
 
 
-def blocks_of_motion_model(module_names: list[str]) -> dict[tuple[str, int], str]:
-    """ComfyUI block -> motion-module name, for every module of a motion model."""
-    return {comfy_block_of(name): name for name in module_names}
-
-
 def validate_block_names(blocks: tuple[str, ...], has_mid_block: bool) -> tuple[str, ...]:
     """Check user-facing block names such as `"up_blocks.1"`; returns them unchanged."""
-    from .errors import MotionCloneError
-
     valid = [f"down_blocks.{i}" for i in range(4)] + [f"up_blocks.{i}" for i in range(4)]
     if has_mid_block:
         valid.append("mid_block")

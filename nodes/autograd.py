@@ -31,7 +31,7 @@ import comfy.samplers
 import torch
 
 from ..motionclone import AttentionCapture, ForwardStopped
-from ..motionclone.layout import comfy_block_of
+from ..motionclone.layout import comfy_block_of, validate_block_names
 from .patching import SamplingRun, with_capture
 
 
@@ -51,6 +51,7 @@ def capture_attention(
     Returns:
         layer name -> `(h_l * w_l, heads, F, F)` float32 probabilities (rows sum to 1).
     """
+    validate_block_names(blocks, run.motion_model.has_mid_block)
     capture = AttentionCapture(blocks, run.motion_model.last_module_in(blocks) if stop_early else None)
     with torch.no_grad():
         _forward(inner_model, conds, x, sigma, with_capture(model_options, capture))
@@ -69,6 +70,7 @@ def attention_loss_gradient(
     Returns:
         `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`.
     """
+    validate_block_names(blocks, run.motion_model.has_mid_block)
     with torch.inference_mode(False), torch.enable_grad():
         _make_autograd_ready(_modules_on_path(run, inner_model, blocks))
         leaf = x.detach().clone().requires_grad_(True)

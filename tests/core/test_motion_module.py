@@ -135,3 +135,26 @@ def test_more_frames_than_the_positional_encoding_is_a_clear_error():
     module = MotionModule(32, max_frames=24)
     with pytest.raises(FrameCountError, match="at most 24 frames"):
         module(torch.randn(25, 32, 2, 2), frames=25)
+
+
+def test_block_names_are_validated_against_the_model_layout():
+    from motionclone import MotionCloneError, validate_block_names
+
+    assert validate_block_names(("up_blocks.1", "up_blocks.2"), has_mid_block=False) == ("up_blocks.1", "up_blocks.2")
+    assert validate_block_names(("mid_block",), has_mid_block=True) == ("mid_block",)
+    with pytest.raises(MotionCloneError, match="Unknown motion-module block 'mid_block'"):
+        validate_block_names(("mid_block",), has_mid_block=False)
+    with pytest.raises(MotionCloneError, match="up_blocks.4"):
+        validate_block_names(("up_blocks.4",), has_mid_block=True)
+
+
+@pytest.mark.parametrize(
+    "name, block",
+    [("down_blocks.0.motion_modules.0", ("input", 1)), ("down_blocks.3.motion_modules.1", ("input", 11)),
+     ("mid_block.motion_modules.0", ("middle", 0)), ("up_blocks.0.motion_modules.0", ("output", 0)),
+     ("up_blocks.1.motion_modules.2", ("output", 5)), ("up_blocks.3.motion_modules.2", ("output", 11))],
+)
+def test_diffusers_names_map_to_comfyui_blocks(name, block):
+    from motionclone import comfy_block_of
+
+    assert comfy_block_of(name) == block

@@ -187,3 +187,28 @@ def test_comfyui_reads_the_pyproject(comfyui):
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "MotionClone"
     assert config.project.supported_comfyui_version == ">=0.3.64"
     assert config.tool_comfy.icon.endswith("icon.svg")
+
+
+def test_modules_are_injected_where_animatediff_puts_them_and_ejected_after(comfyui):
+    import comfy.model_management
+
+    with torch.inference_mode():
+        model = comfyui.node("MotionCloneTestTinySD15")().build(seed=1)[0]
+        patched = _apply(comfyui, model, "tiny_v2.ckpt")  # v2: with the mid-block module
+        comfy.model_management.load_models_gpu([patched])
+        unet = model.model.diffusion_model
+        layout = {
+            **{f"input_blocks.{i}": [type(layer).__name__ for layer in b] for i, b in enumerate(unet.input_blocks)},
+            "middle_block": [type(layer).__name__ for layer in unet.middle_block],
+            **{f"output_blocks.{i}": [type(layer).__name__ for layer in b] for i, b in enumerate(unet.output_blocks)},
+        }
+        comfy.model_management.unload_all_models()
+    assert layout["input_blocks.1"] == ["ResBlock", "SpatialTransformer", "MotionModule"]
+    assert layout["input_blocks.3"] == ["Downsample"]
+    assert layout["input_blocks.10"] == ["ResBlock", "MotionModule"]
+    assert layout["middle_block"] == ["ResBlock", "SpatialTransformer", "MotionModule", "ResBlock"]
+    assert layout["output_blocks.2"] == ["ResBlock", "MotionModule", "Upsample"]
+    assert layout["output_blocks.5"] == ["ResBlock", "SpatialTransformer", "MotionModule", "Upsample"]
+    assert layout["output_blocks.11"] == ["ResBlock", "SpatialTransformer", "MotionModule"]
+    assert sum(names.count("MotionModule") for names in layout.values()) == 21
+    assert not any(type(m).__name__ == "MotionModule" for m in unet.modules())
