@@ -212,3 +212,13 @@ def test_modules_are_injected_where_animatediff_puts_them_and_ejected_after(comf
     assert layout["output_blocks.11"] == ["ResBlock", "SpatialTransformer", "MotionModule"]
     assert sum(names.count("MotionModule") for names in layout.values()) == 21
     assert not any(type(m).__name__ == "MotionModule" for m in unet.modules())
+
+
+def test_patched_model_is_reusable_and_clonable_after_sampling(comfyui):
+    with torch.inference_mode():
+        patched = _apply(comfyui, comfyui.node("MotionCloneTestTinySD15")().build(seed=1)[0])
+        first = _ksample(comfyui, patched)
+        second = _ksample(comfyui, patched)  # already loaded and injected
+        downstream = patched.clone()  # cloned while injected, as a node after 'Apply AnimateDiff' would
+        third = _ksample(comfyui, downstream)
+    assert torch.equal(first, second) and torch.equal(first, third)
