@@ -51,8 +51,7 @@ def capture_attention(
     Returns:
         layer name -> `(h_l * w_l, heads, F, F)` float32 probabilities (rows sum to 1).
     """
-    validate_block_names(blocks, run.motion_model.has_mid_block)
-    capture = AttentionCapture(blocks, run.motion_model.last_module_in(blocks) if stop_early else None)
+    capture = _new_capture(run, blocks, stop_early)
     with torch.no_grad():
         _forward(inner_model, conds, x, sigma, with_capture(model_options, capture))
     return capture.probs
@@ -70,11 +69,10 @@ def attention_loss_gradient(
     Returns:
         `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`.
     """
-    validate_block_names(blocks, run.motion_model.has_mid_block)
+    capture = _new_capture(run, blocks, stop_early=True)
     with torch.inference_mode(False), torch.enable_grad():
         _make_autograd_ready(_modules_on_path(run, inner_model, blocks))
         leaf = x.detach().clone().requires_grad_(True)
-        capture = AttentionCapture(blocks, run.motion_model.last_module_in(blocks))
         options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
         _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
         missing = [name for name in run.motion_model.attention_layer_names(blocks) if name not in capture.probs]
@@ -83,6 +81,11 @@ def attention_loss_gradient(
         loss = loss_fn(capture.probs)
         (grad,) = torch.autograd.grad(loss, leaf)
     return loss.detach(), grad.detach()
+
+
+def _new_capture(run: SamplingRun, blocks: tuple[str, ...], stop_early: bool) -> AttentionCapture:
+    validate_block_names(blocks, run.motion_model.has_mid_block)
+    return AttentionCapture(blocks, run.motion_model.last_module_in(blocks) if stop_early else None)
 
 
 def _forward(inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> None:
@@ -97,11 +100,11 @@ def _differentiable_attention(kernel, *args, **kwargs):
 
 
 def _modules_on_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> list[torch.nn.Module]:
-    """The UNet parts a forward stopped after `blocks` runs through, plus the motion model."""
+    """The UNet parts a forward stopped after `blocks` runs through (the injected motion modules included)."""
     unet = inner_model.diffusion_model
     last = run.motion_model.last_module_in(blocks)
     kind, index = comfy_block_of(last) if last else ("output", len(unet.output_blocks) - 1)
-    path: list[torch.nn.Module] = [run.motion_model, unet.time_embed, unet.input_blocks]
+    path: list[torch.nn.Module] = [unet.time_embed, unet.input_blocks]
     if kind != "input":
         path.append(unet.middle_block)
     if kind == "output":
