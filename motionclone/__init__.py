@@ -1,31 +1,63 @@
 """MotionClone (arXiv 2406.05338) on AnimateDiff, in plain torch.
 
-This package holds the algorithm only: motion modules, checkpoint reading, attention capture. It never
-imports ComfyUI; the `nodes` package adapts it to ComfyUI's containers and model-patching API.
+This package holds the algorithm only: motion modules, checkpoint reading, attention capture, the
+motion representation and its loss, the schedule and the guided DDIM step. It never imports ComfyUI;
+the `nodes` package adapts it to ComfyUI's containers and model-patching API.
 """
 
 from .capture import AttentionCapture, ForwardStopped
 from .checkpoint import MotionModuleSpec, build_motion_model, detect_motion_module, load_motion_module, read_state_dict
-from .errors import FrameCountError, IncompatibleModelError, MotionCloneError, MotionModuleFormatError
+from .ddim import GuidanceLog, euler_step, guided_ddim_step, sample_motionclone
+from .errors import (
+    FrameCountError,
+    IncompatibleModelError,
+    MotionCloneError,
+    MotionFileError,
+    MotionMismatchError,
+    MotionModuleFormatError,
+)
 from .layout import comfy_block_of, validate_block_names
+from .motion_file import load_motion, save_motion
 from .motion_module import AnimateDiffMotionModel, MotionModule, TemporalAttention, temporal_attention_probs
+from .representation import MotionMetadata, MotionRepresentation, index_dtype_for, motion_loss, top_k_representation
+from .schedule import GuidanceRamp, MotionCloneSchedule, motionclone_timesteps, resolve_guided_steps
+from .video import RESIZE_MODES, resize_frames
 
 __all__ = [
     "AnimateDiffMotionModel",
     "AttentionCapture",
     "ForwardStopped",
     "FrameCountError",
+    "GuidanceLog",
+    "GuidanceRamp",
     "IncompatibleModelError",
     "MotionCloneError",
+    "MotionCloneSchedule",
+    "MotionFileError",
+    "MotionMetadata",
+    "MotionMismatchError",
     "MotionModule",
     "MotionModuleFormatError",
     "MotionModuleSpec",
+    "MotionRepresentation",
+    "RESIZE_MODES",
     "TemporalAttention",
     "build_motion_model",
     "comfy_block_of",
     "detect_motion_module",
+    "euler_step",
+    "guided_ddim_step",
+    "index_dtype_for",
+    "load_motion",
     "load_motion_module",
+    "motion_loss",
+    "motionclone_timesteps",
     "read_state_dict",
+    "resize_frames",
+    "resolve_guided_steps",
+    "sample_motionclone",
+    "save_motion",
     "temporal_attention_probs",
+    "top_k_representation",
     "validate_block_names",
 ]

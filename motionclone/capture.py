@@ -3,8 +3,10 @@
 An `AttentionCapture` is created for a single forward pass and handed to the motion modules. Layers
 whose name lies in one of its blocks compute their probabilities explicitly and record them here; with
 autograd enabled the recorded tensors keep their graph, so a loss on them can be differentiated with
-respect to the latent. Once the last motion module of the captured blocks has run, the capture raises
-`ForwardStopped` (if asked to), because the guidance never needs the rest of the UNet.
+respect to the latent. Once the last motion module of the captured blocks has run, the rest of the UNet
+is of no use to the loss: the capture either raises `ForwardStopped` (when only the attention is wanted),
+or switches autograd off for the remainder of the forward (when the prediction is wanted too), so that
+no activation of the later blocks is kept for backward, as the official `unet_customized_forward` does.
 """
 
 from __future__ import annotations
@@ -22,11 +24,14 @@ class AttentionCapture:
     Args:
         blocks: diffusers block names whose temporal-attention layers are recorded, e.g. `("up_blocks.1",)`.
         stop_after: name of the motion module after which the forward is stopped, or None to run it all.
+        no_grad_after: name of the motion module after which autograd is switched off; the caller
+            restores it (leaving a `torch.enable_grad()` block does).
     """
 
-    def __init__(self, blocks: tuple[str, ...], stop_after: str | None = None):
+    def __init__(self, blocks: tuple[str, ...], stop_after: str | None = None, no_grad_after: str | None = None):
         self.blocks = tuple(blocks)
         self.stop_after = stop_after
+        self.no_grad_after = no_grad_after
         self.probs: dict[str, torch.Tensor] = {}
 
     def wants(self, layer_name: str) -> bool:
@@ -38,3 +43,5 @@ class AttentionCapture:
     def module_done(self, module_name: str) -> None:
         if self.stop_after is not None and module_name == self.stop_after:
             raise ForwardStopped(module_name)
+        if self.no_grad_after is not None and module_name == self.no_grad_after:
+            torch.set_grad_enabled(False)

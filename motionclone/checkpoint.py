@@ -144,6 +144,7 @@ def build_motion_model(state: dict[str, torch.Tensor], name: str = "the file") -
             f"{name} is incomplete or altered ({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys; "
             f"{detail}). Download the file again."
         )
+    model.family = f"AnimateDiff {spec.version} SD1.5"
     return model, spec
 
 

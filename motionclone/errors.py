@@ -21,3 +21,11 @@ class IncompatibleModelError(MotionCloneError):
 
 class FrameCountError(MotionCloneError):
     """The frame count is outside what the motion module or the motion representation supports."""
+
+
+class MotionFileError(MotionCloneError):
+    """A motion file is damaged, not a motion file, or from a newer version of the pack."""
+
+
+class MotionMismatchError(MotionCloneError):
+    """A motion representation does not fit the video or model it is used with."""

@@ -227,6 +227,7 @@ class AnimateDiffMotionModel(nn.Module):
         super().__init__()
         self.channels = tuple(channels)
         self.max_frames = max_frames
+        self.family = "AnimateDiff SD1.5"  # refined with the version by `checkpoint.build_motion_model`
         args = (max_frames, transformer_blocks, attention_layers)
         self.down_blocks = nn.ModuleList(_MotionBlock(c, 2, *args) for c in channels)
         self.mid_block = _MotionBlock(channels[-1], 1, *args) if has_mid_block else None

@@ -1,0 +1,108 @@
+"""DDIM (eta = 0) and MotionClone's guided DDIM step, written in ComfyUI's sigma space (spec §6, §13).
+
+ComfyUI's sampler state is `x = z / sqrt(abar)` with `sigma = sqrt((1 - abar) / abar)`, so `abar = 1 / (1 + sigma^2)`.
+There DDIM is the Euler step `x' = x + eps * (sigma' - sigma)` with `eps = (x - x0) / sigma`.
+
+The official guided update (`schedule_customized_step`) keeps the clean estimate of the *unguided*
+CFG prediction and puts the gradient only into the direction term:
+
+    z' = sqrt(abar') * x0(eps) + sqrt(1 - abar') * (eps - sqrt(1 - abar) * dL/dz)
+
+With `dL/dz = sqrt(1 + sigma^2) * dL/dx` this becomes, in sigma space,
+
+    x' = x0 + sigma' * (eps - sigma * dL/dx)  =  Euler(x) - sigma' * sigma * dL/dx.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .schedule import GuidanceRamp
+
+
+def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
+    """`abar = 1 / (1 + sigma^2)`."""
+    return 1.0 / (1.0 + sigma**2)
+
+
+def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+    """DDIM (eta = 0) as ComfyUI's `sample_euler` computes it, operation for operation.
+
+    Args:
+        x, denoised: `(F, C, h, w)` sampler state and CFG clean estimate; sigma, sigma_next: 0-d tensors.
+    """
+    d = (x - denoised) / sigma
+    return x + d * (sigma_next - sigma)
+
+
+def guided_ddim_step(
+    x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, grad: torch.Tensor
+) -> torch.Tensor:
+    """MotionClone's guided DDIM step (spec §6 "Guided DDIM step", gamma = 1) in sigma space.
+
+    Args:
+        x: `(F, C, h, w)` sampler state; denoised: the unguided CFG clean estimate at `x`.
+        grad: `d(weighted loss)/dx`, taken with respect to the sampler state `x`.
+
+    Returns:
+        `Euler(x) - sigma_next * sigma * grad`, i.e. `x0 + sigma_next * (eps - sigma * grad)`.
+    """
+    return euler_step(x, denoised, sigma, sigma_next) - (sigma_next * sigma) * grad
+
+
+Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+GuidedDenoise = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+MeasureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class GuidanceLog:
+    """Unweighted motion loss at the input of each guided step, filled by `sample_motionclone`."""
+
+    losses: list[float] = field(default_factory=list)
+
+
+def sample_motionclone(
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    ramp: GuidanceRamp,
+    denoise: Denoise,
+    guided_denoise: GuidedDenoise,
+    measure_loss: MeasureLoss | None = None,
+    on_step: StepCallback | None = None,
+    log: GuidanceLog | None = None,
+) -> torch.Tensor:
+    """MotionClone's sampling loop (spec §1.2 b): guided DDIM steps, then plain CFG DDIM steps.
+
+    Args:
+        x: `(F, C, h, w)` noised start in sigma space; sigmas: `(N + 1,)` descending, ending at 0.
+        ramp: loss weight per step; steps `>= ramp.guided_steps` (or of weight 0) are plain.
+        denoise: `(x, sigma) -> denoised`, the plain CFG prediction.
+        guided_denoise: `(x, sigma, scale) -> (denoised, loss, grad)`: the CFG prediction, the unweighted
+            motion loss and the gradient of `scale * loss` with respect to `x`.
+        measure_loss: `(x, sigma) -> loss` without gradients, logged for guided steps of weight 0.
+        on_step: `(i, x, sigma, denoised)` after each prediction, before the update.
+
+    Returns:
+        The final sample, `(F, C, h, w)`.
+    """
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        scale = ramp.scale(i)
+        if scale > 0:
+            denoised, loss, grad = guided_denoise(x, sigma, scale)
+            x_next = guided_ddim_step(x, denoised, sigma, sigma_next, grad)
+        else:
+            denoised = denoise(x, sigma)
+            loss = measure_loss(x, sigma) if (measure_loss is not None and i < ramp.guided_steps) else None
+            x_next = euler_step(x, denoised, sigma, sigma_next)
+        if log is not None and loss is not None:
+            log.losses.append(float(loss))
+        if on_step is not None:
+            on_step(i, x, sigma, denoised)
+        x = x_next
+    return x

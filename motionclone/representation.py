@@ -1,0 +1,117 @@
+"""The motion representation: sparse top-k temporal attention of a reference clip (spec §4, §5.1).
+
+For every temporal-attention layer of the guided blocks, the reference's probabilities
+`A[p, h, i, j]` (position p, head h, query frame i, key frame j) are reduced to their k largest entries
+along the key-frame axis j. Only those values (fp16) and their key-frame indices (the smallest integer
+type that holds the frame count) are kept: about 576 KiB for 16 frames at 512x512 with k = 1.
+
+The motion loss (v2 form) pulls the generated video's probabilities, gathered at the stored indices,
+towards the stored values: `sum over layers of mean((A_gen[p, h, i, J] - V)^2)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import MotionCloneError
+
+FORMAT_VERSION = 1
+
+
+def index_dtype_for(frames: int) -> torch.dtype:
+    """The smallest integer dtype able to hold key-frame indices `0 .. frames - 1`."""
+    if frames <= 256:
+        return torch.uint8
+    if frames <= 2**15:
+        return torch.int16
+    return torch.int32
+
+
+@dataclass(frozen=True)
+class MotionMetadata:
+    """What a representation was extracted from; checked against the video it guides."""
+
+    frames: int
+    latent_height: int
+    latent_width: int
+    layers: tuple[str, ...]
+    blocks: tuple[str, ...]
+    top_k: int
+    timestep: int
+    model_family: str
+    format_version: int = FORMAT_VERSION
+
+    def describe(self) -> str:
+        return (
+            f"{self.frames} frames, latent {self.latent_width}x{self.latent_height} "
+            f"({self.latent_width * 8}x{self.latent_height * 8} px), {len(self.layers)} layers of "
+            f"{'+'.join(self.blocks)}, top-{self.top_k}, t={self.timestep}, {self.model_family}"
+        )
+
+
+@dataclass(frozen=True)
+class MotionRepresentation:
+    """Per layer: `values[layer]` fp16 and `indices[layer]` integer, both `(h_l * w_l, heads, F, k)`."""
+
+    metadata: MotionMetadata
+    values: dict[str, torch.Tensor] = field(repr=False)
+    indices: dict[str, torch.Tensor] = field(repr=False)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.values.values(), *self.indices.values()))
+
+    def to_device(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`(values as float32, indices as int64)` on `device`, the forms `motion_loss` computes with."""
+        values = {name: v.to(device=device, dtype=torch.float32) for name, v in self.values.items()}
+        indices = {name: j.to(device=device, dtype=torch.int64) for name, j in self.indices.items()}
+        return values, indices
+
+
+def top_k_representation(probs: dict[str, torch.Tensor], k: int, metadata: MotionMetadata) -> MotionRepresentation:
+    """Keep the `k` largest probabilities along the key-frame axis of every layer (spec §4, v2 `topk`).
+
+    Args:
+        probs: layer name -> `(N, heads, F, F)` probabilities (rows sum to 1) of the reference.
+        k: entries kept per row, `1 <= k <= F`.
+        metadata: stored with the result; its `layers` must list the keys of `probs`.
+
+    Returns:
+        values `(N, heads, F, k)` fp16 (descending), indices `(N, heads, F, k)` in `index_dtype_for(F)`.
+    """
+    values, indices = {}, {}
+    for name in metadata.layers:
+        layer = probs[name].detach()
+        frames = layer.shape[-1]
+        if not 1 <= k <= frames:
+            raise MotionCloneError(f"top_k must be between 1 and the frame count ({frames}), got {k}.")
+        top = torch.topk(layer.float(), k=k, dim=-1)
+        values[name] = top.values.to(torch.float16).cpu()
+        indices[name] = top.indices.to(index_dtype_for(frames)).cpu()
+    return MotionRepresentation(metadata, values, indices)
+
+
+def motion_loss(
+    probs: dict[str, torch.Tensor], target_values: dict[str, torch.Tensor], target_indices: dict[str, torch.Tensor]
+) -> torch.Tensor:
+    """Primary temporal-attention loss, v2 form (spec §5.1), without the guidance weight.
+
+    `L = sum_m mean_{p,h,i,k} (A_gen^m[p, h, i, J^m[p, h, i, k]] - V^m[p, h, i, k])^2`
+
+    Args:
+        probs: layer -> `(N, heads, F, F)` generated probabilities (differentiable).
+        target_values: layer -> `(N, heads, F, k)` float; target_indices: layer -> `(N, heads, F, k)` int64
+            (`MotionRepresentation.to_device`).
+
+    Returns:
+        A scalar in the wider dtype of `probs` and `target_values` (float32 for fp16 or fp32 attention).
+    """
+    total = None
+    for name, values in target_values.items():
+        gathered = torch.gather(probs[name], -1, target_indices[name])
+        term = torch.mean((gathered - values) ** 2)
+        total = term if total is None else total + term
+    if total is None:
+        raise MotionCloneError("The motion representation holds no layers.")
+    return total
