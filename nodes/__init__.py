@@ -7,16 +7,19 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import animatediff
+from . import animatediff, motion, sampler
 
-NODES: list[type[io.ComfyNode]] = [*animatediff.NODES]
+NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *motion.NODES, *sampler.NODES]
 
 
 def register_model_folders() -> None:
-    """Register `models/animatediff_models` (AnimateDiff-Evolved's folder name) unless already known."""
-    name = animatediff.MOTION_MODELS_FOLDER
-    folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
-    folder_paths.folder_names_and_paths[name][1].update(folder_paths.supported_pt_extensions)
+    """Register `models/animatediff_models` (AnimateDiff-Evolved's folder name) and `models/motionclone`."""
+    for name, extensions in (
+        (animatediff.MOTION_MODELS_FOLDER, folder_paths.supported_pt_extensions),
+        (motion.MOTION_FOLDER, {".safetensors"}),
+    ):
+        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+        folder_paths.folder_names_and_paths[name][1].update(extensions)
 
 
 class MotionCloneExtension(ComfyExtension):

@@ -75,12 +75,44 @@ def attention_loss_gradient(
         leaf = x.detach().clone().requires_grad_(True)
         options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
         _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
-        missing = [name for name in run.motion_model.attention_layer_names(blocks) if name not in capture.probs]
-        if missing:
-            raise RuntimeError(f"Temporal attention of {missing[0]} was not captured; is the motion model injected?")
+        _check_captured(run, blocks, capture)
         loss = loss_fn(capture.probs)
         (grad,) = torch.autograd.grad(loss, leaf)
     return loss.detach(), grad.detach()
+
+
+def prediction_with_attention_gradient(
+    run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
+    blocks: tuple[str, ...], loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One full conditional forward giving both the prediction and `d loss_fn(attention) / d x`.
+
+    Autograd records the forward only up to the last motion module of `blocks`; the later blocks run
+    without a graph (the official v2 `unet_customized_forward`), so the backward and its memory cover
+    the encoder and the guided decoder blocks only. Arguments as in `capture_attention`.
+
+    Returns:
+        `(denoised, loss, grad)`: the conditional clean estimate `(F, 4, h, w)`, the detached loss, and
+        the gradient shaped like `x`.
+    """
+    validate_block_names(blocks, run.motion_model.has_mid_block)
+    capture = AttentionCapture(blocks, no_grad_after=run.motion_model.last_module_in(blocks))
+    with torch.inference_mode(False), torch.enable_grad():
+        _make_autograd_ready(_modules_on_path(run, inner_model, blocks))
+        leaf = x.detach().clone().requires_grad_(True)
+        options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
+        denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
+        torch.set_grad_enabled(True)  # the capture switched it off after the last guided block
+        _check_captured(run, blocks, capture)
+        loss = loss_fn(capture.probs)
+        (grad,) = torch.autograd.grad(loss, leaf)
+    return denoised.detach(), loss.detach(), grad.detach()
+
+
+def _check_captured(run: SamplingRun, blocks: tuple[str, ...], capture: AttentionCapture) -> None:
+    missing = [name for name in run.motion_model.attention_layer_names(blocks) if name not in capture.probs]
+    if missing:
+        raise RuntimeError(f"Temporal attention of {missing[0]} was not captured; is the motion model injected?")
 
 
 def _new_capture(run: SamplingRun, blocks: tuple[str, ...], stop_early: bool) -> AttentionCapture:

@@ -8,28 +8,31 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
 - a `forward_timestep_embed_patch` tells ComfyUI's UNet how to call them (with the frame count and the
   per-forward `AttentionCapture`, both read from `transformer_options`);
 - a `model_sampling` object patch switches to the beta schedule AnimateDiff was trained with;
-- an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`.
+- an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`;
+- 'MotionClone: Guidance' adds a PREDICT_NOISE wrapper that applies motion guidance in any sampler.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
 import comfy.patcher_extension
 import comfy.supported_models
+import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule
+from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, MotionRepresentation
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
 
 PATCH_KEY = "motionclone"  # wrappers, injections and additional models of this pack
 RUN_STATE_KEY = "motionclone_run"  # transformer_options entry holding the SamplingRun of a sampling run
 CAPTURE_KEY = "motionclone_capture"  # transformer_options entry holding the AttentionCapture of one forward
+GUIDANCE_KEY = "motionclone_guidance"  # PREDICT_NOISE wrapper of 'MotionClone: Guidance'
 ADE_KEY = "ADE"  # AnimateDiff-Evolved's key for its injections, wrappers and additional models
 
 BETA_SCHEDULES = {
@@ -47,6 +50,21 @@ class SamplingRun:
 
     motion_model: AnimateDiffMotionModel
     frames: int
+    _motion_targets: dict = field(default_factory=dict)
+
+    def motion_targets(self, representation: MotionRepresentation, device: torch.device):
+        """`representation.to_device(device)`, made once per run and released with it.
+
+        Made with inference mode off: the loss's backward saves the indices, and inference tensors
+        cannot be saved for backward.
+        """
+        key = (id(representation), str(device))
+        if key not in self._motion_targets:
+            with torch.inference_mode(False):
+                values, indices = representation.to_device(device)
+                self._motion_targets[key] = ({k: v.clone() for k, v in values.items()},
+                                             {k: j.clone() for k, j in indices.items()})
+        return self._motion_targets[key]
 
 
 def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patcher.ModelPatcher:
@@ -181,6 +199,19 @@ def _outer_sample(executor, *args, **kwargs):
         return executor(*args, **kwargs)
     finally:
         transformer_options.pop(RUN_STATE_KEY, None)
+
+
+def apply_motion_guidance(model: comfy.model_patcher.ModelPatcher, wrapper) -> comfy.model_patcher.ModelPatcher:
+    """Clone `model` with `wrapper` around every noise prediction; one guidance per MODEL (the key replaces)."""
+    if motion_model_of(model) is None:
+        raise IncompatibleModelError(
+            "'MotionClone: Guidance' needs a MODEL with AnimateDiff motion modules. Connect it after "
+            "'MotionClone: Apply AnimateDiff'."
+        )
+    patched = model.clone()
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY, wrapper)
+    return patched
 
 
 def current_run(model_options: dict) -> SamplingRun:

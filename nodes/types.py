@@ -5,3 +5,4 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 MotionModelSocket = io.Custom("MOTION_MODEL")
+MotionSocket = io.Custom("MOTION")  # a motionclone.MotionRepresentation

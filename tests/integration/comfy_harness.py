@@ -122,8 +122,8 @@ class ComfyUI:
                     node["inputs"][name] = options["options"][0]
         return prompt
 
-    def run_prompt(self, prompt: dict) -> None:
-        """Validate and execute an API-format prompt with ComfyUI's own PromptExecutor."""
+    def run_prompt(self, prompt: dict) -> dict:
+        """Validate and execute an API-format prompt with ComfyUI's own PromptExecutor; returns UI outputs by node."""
         prompt = self.with_defaults(prompt)
         prompt_id = str(uuid.uuid4())
         valid, error, outputs, node_errors = asyncio.run(self.execution.validate_prompt(prompt_id, prompt, None))
@@ -139,6 +139,7 @@ class ComfyUI:
         if not executor.success:
             errors = [m for m in executor.status_messages if m[0] == "execution_error"]
             raise PromptFailed(errors[0][1] if errors else executor.status_messages)
+        return executor.history_result["outputs"]
 
 
 class PromptFailed(AssertionError):

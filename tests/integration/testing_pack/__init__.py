@@ -42,7 +42,7 @@ def _seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in model.state_dict().items():
-        if value.numel() == 0:
+        if value.numel() == 0 or value.ndim == 0:
             state[key] = value.clone()
         elif value.ndim == 1 and "norm" in key and key.endswith("weight"):
             state[key] = 1.0 + 0.05 * torch.randn(value.shape, generator=generator)
@@ -174,9 +174,113 @@ class GradientProbe:
         return (patched,)
 
 
+class MovingSquare:
+    """A clip of a bright square moving right on a dark background: frames x height x width x 3 in [0, 1]."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"frames": ("INT", {"default": 4, "min": 1}), "width": ("INT", {"default": 160}),
+                             "height": ("INT", {"default": 96})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, frames, width, height):
+        clip = torch.full((frames, height, width, 3), 0.1)
+        side = height // 3
+        for f in range(frames):
+            left = f * (width - side) // max(1, frames - 1)
+            clip[f, height // 3 : height // 3 + side, left : left + side] = torch.tensor([0.9, 0.7, 0.3])
+        return (clip,)
+
+
+class TinyVAE:
+    """ComfyUI's VAE class around a randomly initialised TAESD (the real tiny SD1.5 autoencoder architecture)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        import comfy.sd
+        import comfy.taesd.taesd
+
+        state = _seeded_weights(comfy.taesd.taesd.TAESD(), seed)  # ComfyUI's ops leave weights uninitialised
+        state.update({"vae_scale": torch.tensor(1.0), "vae_shift": torch.tensor(0.0)})
+        return (comfy.sd.VAE(sd=state),)
+
+
+class MotionLossProbe:
+    """PREDICT_NOISE wrapper recording, at every prediction, sigma and the motion loss of the input latent."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "motion": ("MOTION",), "report_path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, motion, report_path):
+        autograd = _pack_module("nodes.autograd")
+        patching = _pack_module("nodes.patching")
+        representation = _pack_module("motionclone.representation")
+        records = []
+
+        def predict_noise(executor, x, timestep, model_options={}, seed=None):
+            guider = executor.class_obj
+            run = patching.current_run(model_options)
+            probs = autograd.capture_attention(run, guider.inner_model, guider.conds["positive"], x, timestep,
+                                               model_options, motion.metadata.blocks)
+            values, indices = motion.to_device(x.device)
+            records.append({"sigma": float(timestep.flatten()[0]),
+                            "loss": float(representation.motion_loss(probs, values, indices))})
+            with open(report_path, "w") as f:
+                json.dump(records, f)
+            return executor(x, timestep, model_options, seed)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_loss", predict_noise)
+        return (patched,)
+
+
+class InterruptAtCall:
+    """DIFFUSION_MODEL wrapper that requests an interrupt when the UNet is called for the n-th time."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "call": ("INT", {"default": 3, "min": 1})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, call):
+        calls = []
+
+        def diffusion_model(executor, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == call:
+                comfy.model_management.interrupt_current_processing(True)
+            return executor(*args, **kwargs)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "motionclone_test_interrupt", diffusion_model)
+        return (patched,)
+
+
 NODE_CLASS_MAPPINGS = {
     "MotionCloneTestTinySD15": TinySD15,
     "MotionCloneTestRandomConditioning": RandomConditioning,
     "MotionCloneTestSaveLatent": SaveLatentTo,
     "MotionCloneTestGradientProbe": GradientProbe,
+    "MotionCloneTestMovingSquare": MovingSquare,
+    "MotionCloneTestTinyVAE": TinyVAE,
+    "MotionCloneTestMotionLossProbe": MotionLossProbe,
+    "MotionCloneTestInterruptAtCall": InterruptAtCall,
 }

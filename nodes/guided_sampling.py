@@ -1,0 +1,236 @@
+"""MotionClone inside ComfyUI's sampling machinery: extraction, the guided sampler, the guidance wrapper.
+
+All three run through `comfy.sample.sample_custom` or a stock sampler, so ComfyUI loads the models,
+applies LoRAs, hooks and our motion-module injection, processes the conditioning and creates the
+per-run `SamplingRun` exactly as for any other sampling. They differ in what happens per step:
+
+- extraction is a one-step "sampler" that only reads the reference's temporal attention at `sigma_t`;
+- `MotionCloneSampler` runs `motionclone.sample_motionclone`, the official guided DDIM loop;
+- `MotionGuidanceWrapper` wraps every noise prediction of any sampler (the model-patch form).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.model_management
+import comfy.samplers
+import torch
+
+from ..motionclone import (
+    GuidanceLog,
+    GuidanceRamp,
+    MotionMismatchError,
+    MotionRepresentation,
+    motion_loss,
+    sample_motionclone,
+)
+from ..motionclone.errors import MotionCloneError
+from ..motionclone.schedule import guided_band_start
+from .autograd import attention_loss_gradient, capture_attention, prediction_with_attention_gradient
+from .patching import SamplingRun, current_run
+
+
+def check_fits(representation: MotionRepresentation, frames: int, latent_height: int, latent_width: int) -> None:
+    """Raise `MotionMismatchError` unless the motion was extracted at this frame count and latent size."""
+    meta = representation.metadata
+    if (meta.frames, meta.latent_height, meta.latent_width) == (frames, latent_height, latent_width):
+        return
+    raise MotionMismatchError(
+        f"The MOTION was extracted from {meta.frames} frames of {meta.latent_width * 8}x{meta.latent_height * 8} px "
+        f"(latent {meta.latent_width}x{meta.latent_height}), but the latent to sample has {frames} frames of "
+        f"{latent_width * 8}x{latent_height * 8} px (latent {latent_width}x{latent_height}). Set the empty latent's "
+        f"width, height and batch size to {meta.latent_width * 8}, {meta.latent_height * 8} and {meta.frames}, or "
+        "extract the motion again with the size and frame count you want to generate."
+    )
+
+
+def _check_run(representation: MotionRepresentation, run: SamplingRun, x: torch.Tensor) -> None:
+    check_fits(representation, x.shape[0], x.shape[-2], x.shape[-1])
+    available = set(run.motion_model.attention_layer_names(representation.metadata.blocks))
+    missing = [layer for layer in representation.metadata.layers if layer not in available]
+    if missing:
+        raise MotionMismatchError(
+            f"The MOTION uses layer {missing[0]}, which this MODEL's motion module does not have. "
+            "Extract the motion with the same motion module you sample with."
+        )
+
+
+# --- extraction -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Captured:
+    probs: dict | None = None
+    family: str = ""
+
+
+def _capture_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, blocks, result: _Captured):
+    """A one-step KSAMPLER function: record the conditional temporal attention at `sigmas[0]`, change nothing."""
+    guider = model.inner_model
+    options = extra_args["model_options"]
+    run = current_run(options)
+    sigma = sigmas[0] * x.new_ones([x.shape[0]])
+    result.probs = capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma, options, blocks)
+    result.family = run.motion_model.family
+    return x
+
+
+def reference_attention(model, latent: torch.Tensor, conditioning, sigma: torch.Tensor, noise: torch.Tensor, blocks):
+    """Temporal attention of `latent` noised to `sigma` (spec §1.2 a, v2): one forward, stopped early.
+
+    Args:
+        model: the AnimateDiff-patched ModelPatcher; latent: `(F, 4, h, w)` VAE latent (unscaled).
+        sigma: 0-d noise level; noise: `(F, 4, h, w)` standard normal noise.
+
+    Returns:
+        `(probs, model_family)`: layer -> `(h_l * w_l, heads, F, F)` float32.
+    """
+    import comfy.sample
+
+    result = _Captured()
+    sampler = comfy.samplers.KSAMPLER(_capture_sampler, extra_options={"blocks": tuple(blocks), "result": result})
+    sigmas = torch.stack([sigma, torch.zeros_like(sigma)])
+    comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent, disable_pbar=True)
+    return result.probs, result.family
+
+
+# --- the guided sampler ---------------------------------------------------------------------------------
+
+
+def _apply_cfg(guider, cond_out, uncond_out, x, sigma, options):
+    """CFG as `comfy.samplers.sampling_function` combines the two predictions (pre/post-CFG patches included)."""
+    conds = guider.conds
+    out = [cond_out, uncond_out]
+    for fn in options.get("sampler_pre_cfg_function", []):
+        out = fn({"conds": [conds["positive"], conds["negative"]], "conds_out": out, "cond_scale": guider.cfg,
+                  "timestep": sigma, "input": x, "sigma": sigma, "model": guider.inner_model, "model_options": options})
+    return comfy.samplers.cfg_function(guider.inner_model, out[0], out[1], guider.cfg, x, sigma, model_options=options,
+                                       cond=conds["positive"], uncond=conds["negative"])
+
+
+def _motionclone_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
+                         representation: MotionRepresentation, ramp: GuidanceRamp, log: GuidanceLog):
+    """KSAMPLER function of 'MotionClone Sampler': `sample_motionclone` with ComfyUI's predictions."""
+    if extra_args.get("denoise_mask") is not None:
+        raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
+    guider = model.inner_model
+    options = extra_args["model_options"]
+    run = current_run(options)
+    _check_run(representation, run, x)
+    targets = run.motion_targets(representation, x.device)
+    blocks = representation.metadata.blocks
+    s_in = x.new_ones([x.shape[0]])
+
+    def denoise(x, sigma):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return model(x, sigma * s_in, **extra_args)
+
+    def guided_denoise(x, sigma, scale):
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        sigma_in = sigma * s_in
+        cond_out, loss, grad = prediction_with_attention_gradient(
+            run, guider.inner_model, guider.conds["positive"], x, sigma_in, options, blocks,
+            lambda probs: scale * motion_loss(probs, *targets),
+        )
+        _check_finite(grad)
+        uncond_out = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], x, sigma_in, options)[0]
+        return _apply_cfg(guider, cond_out, uncond_out, x, sigma_in, options), loss / scale, grad
+
+    def measure_loss(x, sigma):
+        probs = capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma * s_in, options, blocks)
+        return motion_loss(probs, *targets)
+
+    def on_step(i, x, sigma, denoised):
+        if callback is not None:
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
+
+    return sample_motionclone(x, sigmas, ramp, denoise, guided_denoise, measure_loss, on_step, log)
+
+
+def motionclone_ksampler(representation: MotionRepresentation, ramp: GuidanceRamp, log: GuidanceLog):
+    """A ComfyUI SAMPLER running MotionClone's guided DDIM over the sigmas it is given."""
+    return comfy.samplers.KSAMPLER(
+        _motionclone_sampler, extra_options={"representation": representation, "ramp": ramp, "log": log}
+    )
+
+
+def _check_finite(grad: torch.Tensor) -> None:
+    if not torch.isfinite(grad).all():
+        raise MotionCloneError(
+            "The motion-guidance gradient is not finite (fp16 overflow). Lower motion_weight, or run the model "
+            "in fp32 (ComfyUI's --force-fp32)."
+        )
+
+
+# --- the model-patch form -------------------------------------------------------------------------------
+
+
+class MotionGuidanceWrapper:
+    """PREDICT_NOISE wrapper: motion guidance inside any sampler (the model-patch form).
+
+    A wrapper can only change the clean estimate D that the sampler receives, not the sampler's update.
+    The official guided DDIM step moves the latent by `-sigma' * sigma * g` (g = d(weighted loss)/dx,
+    sigma' the next noise level) while keeping D. Returning `D - c * g` with
+
+        c = sigma' * sigma^2 / (sigma - sigma')
+
+    makes an Euler (= ComfyUI "ddim") step move by exactly that amount, so for Euler/DDIM the latent
+    trajectory equals the official one; only the reported D (the preview) carries the shift. Other
+    samplers get a descent step on the same loss whose size follows their own use of D; evaluations
+    at noise levels that are not in the schedule (the extra ones of 2nd-order samplers) are left
+    unguided. Guided steps are the schedule's steps whose timestep lies in the guided band
+    `[1000 (1 - guided_fraction), 999]`; warm-up and cool-down count those steps.
+    """
+
+    def __init__(self, representation: MotionRepresentation, weight: float, guided_fraction: float,
+                 warm_up: int, cool_down: int):
+        self.representation = representation
+        self.weight = weight
+        self.guided_fraction = guided_fraction
+        self.warm_up = warm_up
+        self.cool_down = cool_down
+
+    def __deepcopy__(self, memo):
+        return self  # immutable; ComfyUI 0.3.x deep-copies model_options on every clone
+
+    def __call__(self, executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
+        denoised = executor(x, timestep, model_options, seed)
+        step = self._guided_step(executor.class_obj, timestep, model_options)
+        if step is None:
+            return denoised
+        index, ramp, sigma, sigma_next = step
+        scale = ramp.scale(index)
+        if scale == 0.0:
+            return denoised
+        guider = executor.class_obj
+        run = current_run(model_options)
+        _check_run(self.representation, run, x)
+        targets = run.motion_targets(self.representation, x.device)
+        _, grad = attention_loss_gradient(
+            run, guider.inner_model, guider.conds["positive"], x, timestep, model_options,
+            self.representation.metadata.blocks, lambda probs: scale * motion_loss(probs, *targets),
+        )
+        _check_finite(grad)
+        shift = sigma_next * sigma**2 / (sigma - sigma_next)
+        return denoised - shift * grad.to(denoised.dtype)
+
+    def _guided_step(self, guider, timestep, model_options):
+        """`(index among guided steps, ramp, sigma, sigma_next)` when this evaluation is a guided step."""
+        schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if schedule is None or len(schedule) < 2:
+            return None
+        sigma = timestep.reshape(-1)[0].to(schedule)
+        matches = torch.nonzero(torch.isclose(schedule[:-1], sigma, rtol=1e-5, atol=0.0)).flatten()
+        if len(matches) == 0:
+            return None
+        position = int(matches[0])
+        sigma_next = schedule[position + 1]
+        if not sigma_next < sigma:
+            return None
+        timesteps = guider.inner_model.model_sampling.timestep(schedule[:-1]).long()
+        in_band = timesteps >= guided_band_start(self.guided_fraction)
+        if not bool(in_band[position]):
+            return None
+        ramp = GuidanceRamp(self.weight, int(in_band.sum()), self.warm_up, self.cool_down)
+        return int(in_band[:position].sum()), ramp, schedule[position], sigma_next

@@ -1,0 +1,163 @@
+"""MotionClone's guided sampler, its schedule as SIGMAS, and the model-patch form of the guidance."""
+
+from __future__ import annotations
+
+import comfy.sample
+import comfy.utils
+import latent_preview
+import torch
+from comfy_api.latest import io, ui
+
+from ..motionclone import GuidanceLog, GuidanceRamp, motionclone_timesteps, resolve_guided_steps
+from ..motionclone.errors import MotionCloneError
+from .guided_sampling import MotionGuidanceWrapper, check_fits, motionclone_ksampler
+from .patching import apply_motion_guidance, motion_model_of
+from .types import MotionSocket
+
+CFG_TOOLTIP = ("Classifier-free guidance in ComfyUI's convention: uncond + cfg * (cond - uncond). The official "
+               "code writes cond + s * (cond - uncond), so its cfg_scale 7.5 is cfg 8.5 here (cfg = s + 1).")
+
+
+def _weight_input() -> io.Float.Input:
+    return io.Float.Input("motion_weight", default=2000.0, min=0.0, max=100000.0, step=10.0,
+                          tooltip="Strength of the motion guidance (lambda; official 2000). 0 turns it off: the result "
+                          "is then plain DDIM sampling, and the sampler still reports the motion loss for comparison.")
+
+
+def _fraction_input() -> io.Float.Input:
+    return io.Float.Input("guided_fraction", default=0.3, min=0.01, max=0.99, step=0.01,
+                          tooltip="Fraction of the timestep range that is guided, from the noisy end: 0.3 guides "
+                          "t = 999..700, where motion is laid down (official 0.3 for camera, 0.4 for object motion).")
+
+
+def _ramp_inputs() -> list:
+    return [
+        io.Int.Input("warm_up_steps", default=10, min=0, max=1000,
+                     tooltip="The guidance weight rises linearly over the first this many guided steps (official 10)."),
+        io.Int.Input("cool_down_steps", default=10, min=0, max=1000,
+                     tooltip="The guidance weight falls linearly to 0 over the last this many guided steps (official 10)."),
+    ]
+
+
+def _schedule_inputs() -> list:
+    return [
+        io.Int.Input("steps", default=100, min=1, max=1000,
+                     tooltip="Total denoising steps (official 100 for camera motion, 300 for object motion)."),
+        io.Int.Input("guided_steps", default=-1, min=-1, max=1000,
+                     tooltip="How many of the steps are guided; they are packed densely into the guided band. "
+                     "-1 = half of steps (official 50 of 100, 180 of 300)."),
+        _fraction_input(),
+    ]
+
+
+def motionclone_sigmas(model, steps: int, guided_steps: int, guided_fraction: float) -> tuple[torch.Tensor, int]:
+    """The official timestep schedule as ComfyUI sigmas (the MODEL's own table), ending at 0; and G."""
+    guided = resolve_guided_steps(steps, guided_steps)
+    schedule = motionclone_timesteps(steps, guided, guided_fraction)
+    table = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
+    sigmas = torch.cat([table[list(schedule.timesteps)], torch.zeros(1)])
+    return sigmas, guided
+
+
+class MotionCloneSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MotionCloneSampler",
+            display_name="MotionClone Sampler",
+            category="MotionClone",
+            description="A KSampler for MotionClone: DDIM over the official schedule, with primary temporal-attention "
+            "guidance toward the reference motion in the guided (high-noise) steps.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL after 'MotionClone: Apply AnimateDiff' (same motion "
+                               "module as for extraction)."),
+                io.Int.Input("seed", default=2025, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Noise seed. The official code uses the extraction seed here too."),
+                *_schedule_inputs(),
+                io.Float.Input("cfg", default=8.5, min=0.0, max=100.0, step=0.1, round=0.01, tooltip=CFG_TOOLTIP),
+                io.Conditioning.Input("positive", tooltip="The new prompt."),
+                io.Conditioning.Input("negative", tooltip="The negative prompt."),
+                io.Latent.Input("latent_image", tooltip="Empty latent with the MOTION's size; its batch size is the "
+                                "frame count."),
+                MotionSocket.Input("motion", tooltip="From 'Extract Motion' or 'Load Motion'."),
+                _weight_input(),
+                *_ramp_inputs(),
+            ],
+            outputs=[io.Latent.Output(tooltip="The generated video latents (decode with VAE Decode).")],
+        )
+
+    @classmethod
+    def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
+                motion, motion_weight, warm_up_steps, cool_down_steps) -> io.NodeOutput:
+        if motion_model_of(model) is None:
+            raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
+        if latent_image.get("noise_mask") is not None:
+            raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
+        samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
+        sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
+        log = GuidanceLog()
+        sampler = motionclone_ksampler(motion, GuidanceRamp(motion_weight, guided, warm_up_steps, cool_down_steps), log)
+        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+        callback = latent_preview.prepare_callback(model, steps)
+        out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
+                                         callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        result = latent_image.copy()
+        result["samples"] = out
+        return io.NodeOutput(result, ui={"text": [_loss_summary(log.losses, motion_weight)], "motion_loss": log.losses})
+
+
+def _loss_summary(losses: list[float], weight: float) -> str:
+    if not losses:
+        return "No guided step ran."
+    kind = "guided" if weight > 0 else "unguided (weight 0), measured only"
+    return (f"Motion loss over {len(losses)} guided steps ({kind}): first {losses[0]:.5f}, "
+            f"min {min(losses):.5f}, last {losses[-1]:.5f}")
+
+
+class MotionCloneScheduler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MotionCloneScheduler",
+            display_name="MotionClone: Schedule",
+            category="MotionClone",
+            description="MotionClone's official timestep schedule as SIGMAS, for SamplerCustom(Advanced) together "
+            "with 'MotionClone: Guidance': guided steps packed densely into the high-noise band, the rest below.",
+            inputs=[io.Model.Input("model", tooltip="The MODEL whose noise schedule gives the sigmas."), *_schedule_inputs()],
+            outputs=[io.Sigmas.Output()],
+        )
+
+    @classmethod
+    def execute(cls, model, steps, guided_steps, guided_fraction) -> io.NodeOutput:
+        sigmas, _ = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
+        return io.NodeOutput(sigmas)
+
+
+class MotionCloneGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MotionCloneGuidance",
+            display_name="MotionClone: Guidance",
+            category="MotionClone",
+            description="Adds MotionClone's motion guidance to a MODEL, for any stock sampler (KSampler, "
+            "SamplerCustomAdvanced). With the euler/ddim sampler it takes the official guided step exactly; "
+            "'MotionClone Sampler' also reproduces the official schedule.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL after 'MotionClone: Apply AnimateDiff'."),
+                MotionSocket.Input("motion", tooltip="From 'Extract Motion' or 'Load Motion'."),
+                _weight_input(),
+                _fraction_input(),
+                *_ramp_inputs(),
+            ],
+            outputs=[io.Model.Output(tooltip="The MODEL with motion guidance; sample latents of the MOTION's size.")],
+        )
+
+    @classmethod
+    def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps) -> io.NodeOutput:
+        wrapper = MotionGuidanceWrapper(motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps)
+        return io.NodeOutput(apply_motion_guidance(model, wrapper))
+
+
+NODES = [MotionCloneSampler, MotionCloneScheduler, MotionCloneGuidance]
