@@ -53,7 +53,7 @@ def _motion_model_nodes(prompt: dict, motion_module: str) -> list:
     prompt.update({
         "model": {"class_type": "MotionCloneTestTinySD15", "inputs": {"seed": 1}},
         "load": {"class_type": "MotionCloneLoadAnimateDiff", "inputs": {"motion_module": motion_module}},
-        "apply": {"class_type": "MotionCloneApplyAnimateDiff", "inputs": {"model": ["model", 0], "motion_model": ["load", 0]}},
+        "apply": {"class_type": "MotionCloneApplyAnimateDiff", "inputs": {"model": ["model", 0], "motion_model": ["load", 0], "beta_schedule": "sqrt_linear"}},
         "positive": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 2}},
         "negative": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 3}},
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": FRAMES}},
@@ -85,7 +85,7 @@ def extract_prompt(motion_module: str = "tiny_v3.safetensors", filename_prefix: 
 
 def motionclone_prompt(save_path: str, *, motion_file: str | None = None, weight: float = 2000.0, steps: int = 6,
                        guided_steps: int = 3, seed: int = 5, motion_module: str = "tiny_v3.safetensors",
-                       interrupt_at_call: int | None = None, latent_size: tuple[int, int, int] | None = None, **extract) -> dict:
+                       interrupt_at_call: int | None = None, graph_report: str | None = None, latent_size: tuple[int, int, int] | None = None, **extract) -> dict:
     """[Extract Motion | Load Motion] -> MotionClone Sampler -> SaveLatent."""
     prompt: dict = {}
     model = _motion_model_nodes(prompt, motion_module)
@@ -101,6 +101,9 @@ def motionclone_prompt(save_path: str, *, motion_file: str | None = None, weight
     if interrupt_at_call:
         prompt["interrupt"] = {"class_type": "MotionCloneTestInterruptAtCall", "inputs": {"model": model, "call": interrupt_at_call}}
         sampling_model = ["interrupt", 0]
+    if graph_report:
+        prompt["graph"] = {"class_type": "MotionCloneTestGraphProbe", "inputs": {"model": sampling_model, "report_path": graph_report}}
+        sampling_model = ["graph", 0]
     prompt["sample"] = {"class_type": "MotionCloneSampler", "inputs": {
         "model": sampling_model, "seed": seed, "steps": steps, "guided_steps": guided_steps, "guided_fraction": 0.3,
         "cfg": 8.5, "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["latent", 0],

@@ -138,3 +138,42 @@ def test_load_motion_rejects_newer_or_damaged_files(comfyui, tmp_path, damage, e
     with pytest.raises(PromptFailed) as failure:
         comfyui.run_prompt(motionclone_prompt(str(tmp_path / "x.safetensors"), motion_file=f"{damage}.safetensors"))
     assert "MotionFileError" in str(failure.value) and expected in str(failure.value)
+
+
+def test_gradient_pass_keeps_a_graph_only_up_to_the_guided_blocks(comfyui, tmp_path):
+    report = tmp_path / "graph.json"
+    comfyui.run_prompt(motionclone_prompt(str(tmp_path / "x.safetensors"), steps=4, guided_steps=2, graph_report=str(report)))
+    calls = json.loads(report.read_text())
+    assert len(calls) == 2 * 2 + 2  # guided steps: cond (gradient) and uncond calls; plain steps: one batched call
+    for record in (calls[0], calls[2]):  # up_blocks.1 = output_blocks 3..5; its last motion module ends the graph
+        assert [record[str(i)] for i in range(12)] == [True] * 5 + [False] * 7
+    for record in (calls[1], calls[3], calls[4], calls[5]):
+        assert not any(record.values())
+
+
+def test_progress_bar_advances_once_per_step(comfyui, tmp_path):
+    import comfy.utils
+
+    updates = []
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: updates.append((value, total)))
+    try:
+        comfyui.run_prompt(motionclone_prompt(str(tmp_path / "x.safetensors"), steps=5, guided_steps=2))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(None)
+    assert updates[-5:] == [(i, 5) for i in range(1, 6)]
+
+
+def test_extraction_without_clip_or_conditioning_says_what_to_connect(comfyui, tmp_path):
+    prompt = motionclone_prompt(str(tmp_path / "x.safetensors"))
+    del prompt["extract"]["inputs"]["conditioning"]
+    with pytest.raises(PromptFailed, match="Connect 'clip'"):
+        comfyui.run_prompt(prompt)
+
+
+def test_crop_and_stretch_extract_different_motions_of_the_same_size(comfyui, tmp_path):
+    losses = {}
+    for resize in ("stretch", "crop"):
+        outputs = comfyui.run_prompt(motionclone_prompt(str(tmp_path / f"{resize}.safetensors"), weight=0.0, resize=resize))
+        losses[resize] = outputs["sample"]["motion_loss"]
+        assert "latent 16x16" in outputs["extract"]["text"][0]
+    assert losses["stretch"] != losses["crop"]

@@ -1,4 +1,4 @@
-"""The pack in a real ComfyUI server: /object_info and a queued Load -> Apply -> KSampler prompt."""
+"""The pack in a real ComfyUI server: /object_info and queued prompts (AnimateDiff; clip -> motion -> guided video)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import safetensors.torch
 
 from comfy_harness import PACK_ROOT, TESTING_PACK, find_comfyui
-from prompts import FRAMES, video_prompt
+from prompts import FRAMES, motionclone_prompt, video_prompt
 from tiny_models import tiny_motion_state_dict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -74,30 +74,49 @@ def server(tmp_path_factory):
         log.close()
 
 
+NODE_IDS = ("MotionCloneLoadAnimateDiff", "MotionCloneApplyAnimateDiff", "MotionCloneExtractMotion", "MotionCloneSaveMotion",
+            "MotionCloneLoadMotion", "MotionCloneSampler", "MotionCloneScheduler", "MotionCloneGuidance")
+
+
 def test_object_info_lists_the_nodes_with_tooltips(server):
     url, _ = server
-    for node_id in ("MotionCloneLoadAnimateDiff", "MotionCloneApplyAnimateDiff"):
+    for node_id in NODE_IDS:
         info = _get(f"{url}/object_info/{node_id}")[node_id]
         assert info["category"] == "MotionClone"
-        for name, spec in info["input"]["required"].items():
+        inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
+        for name, spec in inputs.items():
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip in /object_info"
     motion_input = _get(f"{url}/object_info/MotionCloneLoadAnimateDiff")["MotionCloneLoadAnimateDiff"]["input"]["required"]["motion_module"]
     assert "tiny_v3.safetensors" in json.dumps(motion_input), "models/animatediff_models is not registered"
 
 
-def test_queued_prompt_load_apply_ksampler_runs(server):
-    url, base = server
-    out = base / "video.safetensors"
-    queued = _post(f"{url}/prompt", {"prompt": video_prompt(str(out), motion_module="tiny_v3.safetensors"), "client_id": "test"})
+def _run(url: str, prompt: dict) -> dict:
+    """Queue `prompt`, wait for it, and return its history entry."""
+    queued = _post(f"{url}/prompt", {"prompt": prompt, "client_id": "test"})
     assert queued.get("node_errors") == {}, queued
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         history = _get(f"{url}/history/{queued['prompt_id']}")
         if queued["prompt_id"] in history:
-            status = history[queued["prompt_id"]]["status"]
-            assert status["status_str"] == "success", status
-            break
+            entry = history[queued["prompt_id"]]
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            return entry
         time.sleep(0.5)
-    else:
-        raise AssertionError("the prompt did not finish in 120 s")
+    raise AssertionError("the prompt did not finish in 120 s")
+
+
+def test_queued_prompt_load_apply_ksampler_runs(server):
+    url, base = server
+    out = base / "video.safetensors"
+    _run(url, video_prompt(str(out), motion_module="tiny_v3.safetensors"))
     assert safetensors.torch.load_file(str(out))["samples"].shape == (FRAMES, 4, 16, 16)
+
+
+def test_queued_prompt_reference_clip_to_guided_video_runs(server):
+    url, base = server
+    out = base / "cloned.safetensors"
+    entry = _run(url, motionclone_prompt(str(out)))
+    assert safetensors.torch.load_file(str(out))["samples"].shape == (FRAMES, 4, 16, 16)
+    losses = entry["outputs"]["sample"]["motion_loss"]
+    assert len(losses) == 3 and "Motion loss over 3 guided steps" in entry["outputs"]["sample"]["text"][0]
+    assert "4 frames" in entry["outputs"]["extract"]["text"][0]

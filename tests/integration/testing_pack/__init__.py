@@ -274,6 +274,39 @@ class InterruptAtCall:
         return (patched,)
 
 
+class GraphProbe:
+    """DIFFUSION_MODEL wrapper recording, per UNet call, which output blocks end with an autograd graph (last layer)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model, report_path):
+        calls = []
+
+        def diffusion_model(executor, *args, **kwargs):
+            unet = executor.class_obj
+            record = {}
+            hooks = [unet.output_blocks[i][-1].register_forward_hook(lambda m, a, out, i=i: record.__setitem__(str(i), out.requires_grad))
+                     for i in range(len(unet.output_blocks))]
+            try:
+                return executor(*args, **kwargs)
+            finally:
+                for hook in hooks:
+                    hook.remove()
+                calls.append(record)
+                with open(report_path, "w") as f:
+                    json.dump(calls, f)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "motionclone_test_graph", diffusion_model)
+        return (patched,)
+
+
 NODE_CLASS_MAPPINGS = {
     "MotionCloneTestTinySD15": TinySD15,
     "MotionCloneTestRandomConditioning": RandomConditioning,
@@ -283,4 +316,5 @@ NODE_CLASS_MAPPINGS = {
     "MotionCloneTestTinyVAE": TinyVAE,
     "MotionCloneTestMotionLossProbe": MotionLossProbe,
     "MotionCloneTestInterruptAtCall": InterruptAtCall,
+    "MotionCloneTestGraphProbe": GraphProbe,
 }
