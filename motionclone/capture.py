@@ -33,11 +33,13 @@ class AttentionCapture:
         self.stop_after = stop_after
         self.no_grad_after = no_grad_after
         self.probs: dict[str, torch.Tensor] = {}
+        self.repeated = False  # a layer ran twice: the caller split the batch over several forwards
 
     def wants(self, layer_name: str) -> bool:
         return any(layer_name.startswith(block + ".") for block in self.blocks)
 
     def record(self, layer_name: str, probs: torch.Tensor) -> None:
+        self.repeated = self.repeated or layer_name in self.probs
         self.probs[layer_name] = probs
 
     def module_done(self, module_name: str) -> None:

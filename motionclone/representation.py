@@ -100,7 +100,8 @@ def motion_loss(
     `L = sum_m mean_{p,h,i,k} (A_gen^m[p, h, i, J^m[p, h, i, k]] - V^m[p, h, i, k])^2`
 
     Args:
-        probs: layer -> `(N, heads, F, F)` generated probabilities (differentiable).
+        probs: layer -> `(B * N, heads, F, F)` generated probabilities (differentiable); B > 1 when several
+            videos share the forward (e.g. combined prompts), each compared with the same target.
         target_values: layer -> `(N, heads, F, k)` float; target_indices: layer -> `(N, heads, F, k)` int64
             (`MotionRepresentation.to_device`).
 
@@ -109,8 +110,15 @@ def motion_loss(
     """
     total = None
     for name, values in target_values.items():
-        gathered = torch.gather(probs[name], -1, target_indices[name])
-        term = torch.mean((gathered - values) ** 2)
+        generated = probs[name]
+        if generated.shape[0] % values.shape[0] or generated.shape[1:3] != values.shape[1:3]:
+            raise MotionCloneError(
+                f"Layer {name}: generated attention {tuple(generated.shape)} does not fit the motion's "
+                f"{tuple(values.shape)}; the video's size or frame count differs from the motion's."
+            )
+        generated = generated.reshape(-1, *values.shape[:3], generated.shape[-1])
+        indices = target_indices[name].expand(generated.shape[0], *target_indices[name].shape)
+        term = torch.mean((torch.gather(generated, -1, indices) - values) ** 2)
         total = term if total is None else total + term
     if total is None:
         raise MotionCloneError("The motion representation holds no layers.")

@@ -30,7 +30,7 @@ import comfy.ldm.modules.attention
 import comfy.samplers
 import torch
 
-from ..motionclone import AttentionCapture, ForwardStopped
+from ..motionclone import AttentionCapture, ForwardStopped, MotionCloneError
 from ..motionclone.layout import comfy_block_of, validate_block_names
 from .patching import SamplingRun, with_capture
 
@@ -110,6 +110,12 @@ def prediction_with_attention_gradient(
 
 
 def _check_captured(run: SamplingRun, blocks: tuple[str, ...], capture: AttentionCapture) -> None:
+    if capture.repeated:
+        raise MotionCloneError(
+            "The positive conditioning needed several UNet forwards in one step (prompts of different lengths "
+            "combined, or a batch split for memory), which motion guidance cannot follow. Use a single positive "
+            "prompt (or ConditioningConcat instead of ConditioningCombine)."
+        )
     missing = [name for name in run.motion_model.attention_layer_names(blocks) if name not in capture.probs]
     if missing:
         raise RuntimeError(f"Temporal attention of {missing[0]} was not captured; is the motion model injected?")

@@ -11,6 +11,7 @@ per-run `SamplingRun` exactly as for any other sampling. They differ in what hap
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -30,6 +31,8 @@ from ..motionclone.schedule import guided_band_start
 from .autograd import attention_loss_gradient, capture_attention, prediction_with_attention_gradient
 from .patching import SamplingRun, current_run
 
+logger = logging.getLogger("MotionClone")
+
 
 def check_fits(representation: MotionRepresentation, frames: int, latent_height: int, latent_width: int) -> None:
     """Raise `MotionMismatchError` unless the motion was extracted at this frame count and latent size."""
@@ -47,6 +50,9 @@ def check_fits(representation: MotionRepresentation, frames: int, latent_height:
 
 def _check_run(representation: MotionRepresentation, run: SamplingRun, x: torch.Tensor) -> None:
     check_fits(representation, x.shape[0], x.shape[-2], x.shape[-1])
+    if representation.metadata.model_family != run.motion_model.family:
+        logger.warning("The MOTION was extracted with %s but this MODEL carries %s; extract with the motion module "
+                       "you sample with for faithful motion.", representation.metadata.model_family, run.motion_model.family)
     available = set(run.motion_model.attention_layer_names(representation.metadata.blocks))
     missing = [layer for layer in representation.metadata.layers if layer not in available]
     if missing:

@@ -9,6 +9,7 @@ import safetensors.torch
 import torch
 
 from motionclone import (
+    MotionCloneError,
     MotionFileError,
     MotionMetadata,
     index_dtype_for,
@@ -173,3 +174,17 @@ def test_metadata_header_is_readable_json(tmp_path):
         meta = json.loads(handle.metadata()["motionclone.metadata"])
     assert meta == {"frames": 6, "latent_height": 8, "latent_width": 12, "layers": list(LAYERS), "blocks": ["up_blocks.1"],
                     "top_k": 1, "timestep": 400, "model_family": "AnimateDiff v3 SD1.5"}
+
+
+def test_several_videos_in_one_forward_are_each_compared_with_the_motion():
+    values, indices = top_k_representation(_probs(9), 1, _metadata()).to_device(torch.device("cpu"))
+    a, b = _probs(10), _probs(11)
+    both = {name: torch.cat([a[name], b[name]]) for name in LAYERS}
+    expected = (motion_loss(a, values, indices) + motion_loss(b, values, indices)) / 2
+    assert motion_loss(both, values, indices).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_attention_of_another_size_is_refused():
+    values, indices = top_k_representation(_probs(12), 1, _metadata()).to_device(torch.device("cpu"))
+    with pytest.raises(MotionCloneError, match="does not fit"):
+        motion_loss(_probs(13, positions=4), values, indices)
