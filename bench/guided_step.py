@@ -96,7 +96,8 @@ def build(args, comfy_modules):
     channels = (320, 640, 1280, 1280) if args.full_size else tuple(32 * m for m in TINY_UNET["channel_mult"])
     motion_model = motionclone.AnimateDiffMotionModel(channels).eval().requires_grad_(False).to(dtype)
     context = torch.randn(1, 77, unet_config["context_dim"])
-    return patching.apply_motion_model(patcher, patching.wrap_motion_model(motion_model), "sqrt_linear"), context
+    weight_bytes = sum(t.numel() * t.element_size() for m in (model, motion_model) for t in m.parameters())
+    return patching.apply_motion_model(patcher, patching.wrap_motion_model(motion_model), "sqrt_linear"), context, weight_bytes
 
 
 def main():
@@ -122,7 +123,7 @@ def main():
     guided_sampling = loaded_pack_module("nodes.guided_sampling")
     sampler_nodes = loaded_pack_module("nodes.sampler")
     motionclone = loaded_pack_module("motionclone")
-    model, context = build(args, (patching, motionclone))
+    model, context, weight_bytes = build(args, (patching, motionclone))
     conditioning = [[context, {}]]
     negative = [[torch.randn_like(context), {}]]
     latent = torch.zeros(frames, 4, size // 8, size // 8)
@@ -182,7 +183,6 @@ def main():
     label = "peak allocated" if args.cuda else "peak RSS above start"
     print(f"{label}: guided {guided_mem / unit:.1f} MiB, plain {plain_mem / unit:.1f} MiB, "
           f"ratio {guided_mem / max(plain_mem, 1):.2f}")
-    weight_bytes = sum(t.numel() * t.element_size() for t in (*model.model.parameters(), *patching.motion_model_of(model).parameters()))
     print(f"weights (UNet + motion module): {weight_bytes / unit:.1f} MiB")
     print(f"kept for backward per guided step: {max(saved[1:GUIDED]) / unit:.1f} MiB; per plain step: {max(saved[GUIDED + 1:]) / unit:.1f} MiB")
 

@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 import comfy.model_management
+import comfy.sample
 import comfy.samplers
 import torch
 
@@ -92,8 +93,6 @@ def reference_attention(model, latent: torch.Tensor, conditioning, sigma: torch.
     Returns:
         `(probs, model_family)`: layer -> `(h_l * w_l, heads, F, F)` float32.
     """
-    import comfy.sample
-
     result = _Captured()
     sampler = comfy.samplers.KSAMPLER(_capture_sampler, extra_options={"blocks": tuple(blocks), "result": result})
     sigmas = torch.stack([sigma, torch.zeros_like(sigma)])
