@@ -51,7 +51,8 @@ def check_fits(representation: MotionRepresentation, frames: int, latent_height:
 
 def _check_run(representation: MotionRepresentation, run: SamplingRun, x: torch.Tensor) -> None:
     check_fits(representation, x.shape[0], x.shape[-2], x.shape[-1])
-    if representation.metadata.model_family != run.motion_model.family:
+    first_use = not run.has_motion_targets(representation, x.device)
+    if first_use and representation.metadata.model_family != run.motion_model.family:
         logger.warning("The MOTION was extracted with %s but this MODEL carries %s; extract with the motion module "
                        "you sample with for faithful motion.", representation.metadata.model_family, run.motion_model.family)
     available = set(run.motion_model.attention_layer_names(representation.metadata.blocks))

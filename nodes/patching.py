@@ -52,6 +52,9 @@ class SamplingRun:
     frames: int
     _motion_targets: dict = field(default_factory=dict)
 
+    def has_motion_targets(self, representation: MotionRepresentation, device: torch.device) -> bool:
+        return (id(representation), str(device)) in self._motion_targets
+
     def motion_targets(self, representation: MotionRepresentation, device: torch.device):
         """`representation.to_device(device)`, made once per run and released with it.
 
