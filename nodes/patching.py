@@ -53,21 +53,24 @@ class SamplingRun:
     _motion_targets: dict = field(default_factory=dict)
 
     def has_motion_targets(self, representation: MotionRepresentation, device: torch.device) -> bool:
-        return (id(representation), str(device)) in self._motion_targets
+        return _targets_key(representation, device) in self._motion_targets
 
     def motion_targets(self, representation: MotionRepresentation, device: torch.device):
         """`representation.to_device(device)`, made once per run and released with it.
 
         Made with inference mode off: the loss's backward saves the indices, and inference tensors
-        cannot be saved for backward.
+        cannot be saved for backward. The dtype conversions (fp16 -> fp32, integer -> int64) always copy,
+        so the results are ordinary tensors.
         """
-        key = (id(representation), str(device))
+        key = _targets_key(representation, device)
         if key not in self._motion_targets:
             with torch.inference_mode(False):
-                values, indices = representation.to_device(device)
-                self._motion_targets[key] = ({k: v.clone() for k, v in values.items()},
-                                             {k: j.clone() for k, j in indices.items()})
+                self._motion_targets[key] = representation.to_device(device)
         return self._motion_targets[key]
+
+
+def _targets_key(representation: MotionRepresentation, device: torch.device) -> tuple[int, str]:
+    return (id(representation), str(device))
 
 
 def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patcher.ModelPatcher:
