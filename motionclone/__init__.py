@@ -18,8 +18,21 @@ from .errors import (
 )
 from .layout import comfy_block_of, validate_block_names
 from .motion_file import load_motion, save_motion
-from .motion_module import AnimateDiffMotionModel, MotionModule, TemporalAttention, temporal_attention_probs
-from .representation import MotionMetadata, MotionRepresentation, index_dtype_for, motion_loss, top_k_representation
+from .motion_module import (
+    AnimateDiffMotionModel,
+    MotionModule,
+    TemporalAttention,
+    attention_probs,
+    temporal_attention_probs,
+)
+from .representation import (
+    MotionMetadata,
+    MotionRepresentation,
+    index_dtype_for,
+    motion_loss,
+    per_timestep_representation,
+    top_k_representation,
+)
 from .schedule import GuidanceRamp, MotionCloneSchedule, motionclone_timesteps, resolve_guided_steps
 from .video import RESIZE_MODES, resize_frames
 
@@ -42,6 +55,7 @@ __all__ = [
     "MotionRepresentation",
     "RESIZE_MODES",
     "TemporalAttention",
+    "attention_probs",
     "build_motion_model",
     "comfy_block_of",
     "detect_motion_module",
@@ -52,6 +66,7 @@ __all__ = [
     "load_motion_module",
     "motion_loss",
     "motionclone_timesteps",
+    "per_timestep_representation",
     "read_state_dict",
     "resize_frames",
     "resolve_guided_steps",

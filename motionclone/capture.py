@@ -19,31 +19,59 @@ class ForwardStopped(Exception):
 
 
 class AttentionCapture:
-    """Collects `(N, heads, F, F)` probability tensors of chosen layers for one forward.
+    """Collects what MotionClone's losses read during one forward.
+
+    - `probs`: temporal-attention probabilities `(N, heads, F, F)` of the layers in `blocks` (Sec. 3.2);
+    - `keys`: temporal-attention keys `(N, F, C)` (positional encoding included) of the layers in
+      `key_blocks`, the features of location-aware semantic guidance (spec §5.2);
+    - `cross_probs`: spatial cross-attention probabilities `(B*F, heads, HW, T)` of the transformer
+      blocks named in `cross_blocks` (ComfyUI block ids such as `("output", 3)`), for subject masks.
 
     Args:
-        blocks: diffusers block names whose temporal-attention layers are recorded, e.g. `("up_blocks.1",)`.
+        blocks: diffusers block names whose temporal-attention probabilities are recorded, e.g. `("up_blocks.1",)`.
         stop_after: name of the motion module after which the forward is stopped, or None to run it all.
         no_grad_after: name of the motion module after which autograd is switched off; the caller
             restores it (leaving a `torch.enable_grad()` block does).
+        key_blocks: diffusers block names whose temporal-attention keys are recorded.
+        cross_blocks: ComfyUI `(kind, index)` blocks whose cross-attention probabilities are recorded.
     """
 
-    def __init__(self, blocks: tuple[str, ...], stop_after: str | None = None, no_grad_after: str | None = None):
+    def __init__(self, blocks: tuple[str, ...], stop_after: str | None = None, no_grad_after: str | None = None,
+                 key_blocks: tuple[str, ...] = (), cross_blocks: tuple[tuple[str, int], ...] = ()):
         self.blocks = tuple(blocks)
+        self.key_blocks = tuple(key_blocks)
+        self.cross_blocks = tuple(cross_blocks)
         self.stop_after = stop_after
         self.no_grad_after = no_grad_after
         self.probs: dict[str, torch.Tensor] = {}
+        self.keys: dict[str, torch.Tensor] = {}
+        self.cross_probs: dict[tuple[str, int], torch.Tensor] = {}
         self.repeated = False  # a layer ran twice: the caller split the batch over several forwards
 
     def wants(self, layer_name: str) -> bool:
-        return any(layer_name.startswith(block + ".") for block in self.blocks)
+        return _in_blocks(layer_name, self.blocks)
+
+    def wants_keys(self, layer_name: str) -> bool:
+        return _in_blocks(layer_name, self.key_blocks)
 
     def record(self, layer_name: str, probs: torch.Tensor) -> None:
         self.repeated = self.repeated or layer_name in self.probs
         self.probs[layer_name] = probs
+
+    def record_keys(self, layer_name: str, keys: torch.Tensor) -> None:
+        self.repeated = self.repeated or layer_name in self.keys
+        self.keys[layer_name] = keys
+
+    def record_cross(self, block: tuple[str, int], probs: torch.Tensor) -> None:
+        self.repeated = self.repeated or block in self.cross_probs
+        self.cross_probs[block] = probs
 
     def module_done(self, module_name: str) -> None:
         if self.stop_after is not None and module_name == self.stop_after:
             raise ForwardStopped(module_name)
         if self.no_grad_after is not None and module_name == self.no_grad_after:
             torch.set_grad_enabled(False)
+
+
+def _in_blocks(layer_name: str, blocks: tuple[str, ...]) -> bool:
+    return any(layer_name.startswith(block + ".") for block in blocks)

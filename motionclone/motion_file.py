@@ -27,7 +27,7 @@ def save_motion(representation: MotionRepresentation, path: str) -> None:
         METADATA_KEY: json.dumps({
             "frames": meta.frames, "latent_height": meta.latent_height, "latent_width": meta.latent_width,
             "layers": list(meta.layers), "blocks": list(meta.blocks), "top_k": meta.top_k,
-            "timestep": meta.timestep, "model_family": meta.model_family,
+            "timestep": meta.timestep, "model_family": meta.model_family, "timesteps": list(meta.timesteps),
         }),
     }
     tensors = {}
@@ -67,7 +67,8 @@ def load_motion(path: str) -> MotionRepresentation:
         metadata = MotionMetadata(
             frames=int(raw["frames"]), latent_height=int(raw["latent_height"]), latent_width=int(raw["latent_width"]),
             layers=tuple(raw["layers"]), blocks=tuple(raw["blocks"]), top_k=int(raw["top_k"]),
-            timestep=int(raw["timestep"]), model_family=str(raw["model_family"]), format_version=version,
+            timestep=int(raw["timestep"]), model_family=str(raw["model_family"]),
+            timesteps=tuple(int(t) for t in raw.get("timesteps", ())), format_version=version,
         )
         values = {layer: tensors[f"{layer}.values"] for layer in metadata.layers}
         indices = {layer: tensors[f"{layer}.indices"] for layer in metadata.layers}
@@ -83,10 +84,12 @@ def _check_shapes(name: str, metadata: MotionMetadata, values: dict, indices: di
     for layer in metadata.layers:
         v, j = values[layer], indices[layer]
         expected_tail = (metadata.frames, metadata.top_k)
-        if v.shape != j.shape or tuple(v.shape[-2:]) != expected_tail or v.ndim != 4:
+        lead = (len(metadata.timesteps),) if metadata.timesteps else ()
+        if v.shape != j.shape or tuple(v.shape[-2:]) != expected_tail or tuple(v.shape[:-4]) != lead or v.ndim != 4 + len(lead):
+            expected = ", ".join(map(str, (*lead, "positions", "heads", metadata.frames, metadata.top_k)))
             raise MotionFileError(
                 f"Motion file '{name}' is damaged: layer {layer} has values {tuple(v.shape)} and indices "
-                f"{tuple(j.shape)}, expected (positions, heads, {metadata.frames}, {metadata.top_k}) for both."
+                f"{tuple(j.shape)}, expected ({expected}) for both."
             )
         if j.dtype.is_floating_point or (j.numel() and int(j.max()) >= metadata.frames):
             raise MotionFileError(f"Motion file '{name}' is damaged: layer {layer} has key-frame indices out of range.")

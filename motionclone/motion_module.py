@@ -42,21 +42,25 @@ def sinusoidal_positional_encoding(max_frames: int, channels: int) -> torch.Tens
     return pe
 
 
-def temporal_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """Per-head attention probabilities over key frames, computed in fp32.
+def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Per-head attention probabilities, computed in fp32.
 
     Args:
-        q, k: `(N, F, C)` projected queries and keys, N = batch x spatial positions.
+        q: `(N, Lq, C)` projected queries; k: `(N, Lk, C)` projected keys.
         heads: number of heads; the head dimension is `C // heads`.
 
     Returns:
-        `(N, heads, F, F)` float32, `softmax_j(q_i . k_j / sqrt(C/heads))`, rows summing to 1.
+        `(N, heads, Lq, Lk)` float32, `softmax_j(q_i . k_j / sqrt(C/heads))`, rows summing to 1.
     """
-    n, frames, channels = q.shape
-    head_dim = channels // heads
-    q = q.float().reshape(n, frames, heads, head_dim).transpose(1, 2)
-    k = k.float().reshape(n, frames, heads, head_dim).transpose(1, 2)
+    head_dim = q.shape[-1] // heads
+    q = _split_heads(q.float(), heads)
+    k = _split_heads(k.float(), heads)
     return torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)
+
+
+def temporal_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """Temporal attention (MotionClone Sec. 3.2): q, k `(N, F, C)` -> `(N, heads, F, F)` fp32 probabilities."""
+    return attention_probs(q, k, heads)
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -101,6 +105,8 @@ class TemporalAttention(nn.Module):
         x = x.reshape(batch, frames, positions, channels).transpose(1, 2).reshape(batch * positions, frames, channels)
         x = self.pos_encoder(x)
         q, k, v = self.to_q(x), self.to_k(x), self.to_v(x)
+        if capture is not None and capture.wants_keys(self.name):
+            capture.record_keys(self.name, k)
         if capture is not None and capture.wants(self.name):
             probs = temporal_attention_probs(q, k, self.heads)
             capture.record(self.name, probs)

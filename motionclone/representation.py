@@ -5,6 +5,10 @@ For every temporal-attention layer of the guided blocks, the reference's probabi
 along the key-frame axis j. Only those values (fp16) and their key-frame indices (the smallest integer
 type that holds the frame count) are kept: about 576 KiB for 16 frames at 512x512 with k = 1.
 
+A representation is either read at one noise level (the official v2: one noised forward, reused at
+every guided step) or, from a DDIM inversion (v1 fidelity), one entry per guided timestep of a given
+sampling schedule, stacked along a leading axis; the sampler then uses the entry of its current step.
+
 The motion loss (v2 form) pulls the generated video's probabilities, gathered at the stored indices,
 towards the stored values: `sum over layers of mean((A_gen[p, h, i, J] - V)^2)`.
 """
@@ -15,9 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import MotionCloneError
+from .errors import MotionCloneError, MotionMismatchError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added per-timestep representations (metadata "timesteps")
 
 
 def index_dtype_for(frames: int) -> torch.dtype:
@@ -41,19 +45,29 @@ class MotionMetadata:
     top_k: int
     timestep: int
     model_family: str
+    timesteps: tuple[int, ...] = ()  # per-timestep representation: the sampling timesteps of its entries
     format_version: int = FORMAT_VERSION
 
     def describe(self) -> str:
+        if self.timesteps:
+            when = (f"{len(self.timesteps)} guided timesteps t={self.timesteps[0]}..{self.timesteps[-1]} "
+                    "from a DDIM inversion")
+        else:
+            when = f"t={self.timestep}"
         return (
             f"{self.frames} frames, latent {self.latent_width}x{self.latent_height} "
             f"({self.latent_width * 8}x{self.latent_height * 8} px), {len(self.layers)} layers of "
-            f"{'+'.join(self.blocks)}, top-{self.top_k}, t={self.timestep}, {self.model_family}"
+            f"{'+'.join(self.blocks)}, top-{self.top_k}, {when}, {self.model_family}"
         )
 
 
 @dataclass(frozen=True)
 class MotionRepresentation:
-    """Per layer: `values[layer]` fp16 and `indices[layer]` integer, both `(h_l * w_l, heads, F, k)`."""
+    """Per layer: `values[layer]` fp16 and `indices[layer]` integer, both `(h_l * w_l, heads, F, k)`.
+
+    A per-timestep representation (`metadata.timesteps` not empty) holds `(S, h_l * w_l, heads, F, k)`,
+    entry s belonging to sampling timestep `metadata.timesteps[s]`.
+    """
 
     metadata: MotionMetadata
     values: dict[str, torch.Tensor] = field(repr=False)
@@ -62,10 +76,32 @@ class MotionRepresentation:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.values.values(), *self.indices.values()))
 
-    def to_device(self, device: torch.device) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """`(values as float32, indices as int64)` on `device`, the forms `motion_loss` computes with."""
-        values = {name: v.to(device=device, dtype=torch.float32) for name, v in self.values.items()}
-        indices = {name: j.to(device=device, dtype=torch.int64) for name, j in self.indices.items()}
+    def entry_for(self, timestep: int) -> int | None:
+        """Index of the entry guiding sampling timestep `timestep`; None for a single-timestep representation.
+
+        Raises `MotionMismatchError` when a per-timestep representation has no entry for it.
+        """
+        if not self.metadata.timesteps:
+            return None
+        try:
+            return self.metadata.timesteps.index(int(timestep))
+        except ValueError:
+            stamps = self.metadata.timesteps
+            raise MotionMismatchError(
+                f"The MOTION comes from a DDIM inversion and holds entries for {len(stamps)} guided timesteps "
+                f"(t={stamps[0]}..{stamps[-1]}), but this guided step is at t={int(timestep)}. Give 'Extract Motion' "
+                "the same steps, guided_steps and guided_fraction as the sampler."
+            ) from None
+
+    def to_device(self, device: torch.device, timestep: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """`(values as float32, indices as int64)` on `device`, the forms `motion_loss` computes with.
+
+        For a per-timestep representation, the entry of sampling timestep `timestep` (`entry_for`).
+        """
+        entry = self.entry_for(timestep) if self.metadata.timesteps else None
+        pick = (lambda t: t) if entry is None else (lambda t: t[entry])
+        values = {name: pick(v).to(device=device, dtype=torch.float32) for name, v in self.values.items()}
+        indices = {name: pick(j).to(device=device, dtype=torch.int64) for name, j in self.indices.items()}
         return values, indices
 
 
@@ -89,6 +125,27 @@ def top_k_representation(probs: dict[str, torch.Tensor], k: int, metadata: Motio
         top = torch.topk(layer.float(), k=k, dim=-1)
         values[name] = top.values.to(torch.float16).cpu()
         indices[name] = top.indices.to(index_dtype_for(frames)).cpu()
+    return MotionRepresentation(metadata, values, indices)
+
+
+def per_timestep_representation(
+    probs_per_timestep: list[dict[str, torch.Tensor]], k: int, metadata: MotionMetadata
+) -> MotionRepresentation:
+    """Top-k representations of several reference forwards, one per `metadata.timesteps` entry, stacked.
+
+    Args:
+        probs_per_timestep: for each of the S timesteps, layer -> `(N, heads, F, F)` probabilities.
+
+    Returns:
+        values and indices `(S, N, heads, F, k)`, as `top_k_representation` per entry.
+    """
+    if len(probs_per_timestep) != len(metadata.timesteps) or not metadata.timesteps:
+        raise MotionCloneError(
+            f"Got attention for {len(probs_per_timestep)} timesteps but the metadata lists {len(metadata.timesteps)}."
+        )
+    entries = [top_k_representation(probs, k, metadata) for probs in probs_per_timestep]
+    values = {name: torch.stack([e.values[name] for e in entries]) for name in metadata.layers}
+    indices = {name: torch.stack([e.indices[name] for e in entries]) for name in metadata.layers}
     return MotionRepresentation(metadata, values, indices)
 
 

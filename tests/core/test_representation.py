@@ -14,7 +14,9 @@ from motionclone import (
     MotionMetadata,
     index_dtype_for,
     load_motion,
+    MotionMismatchError,
     motion_loss,
+    per_timestep_representation,
     save_motion,
     top_k_representation,
 )
@@ -22,9 +24,9 @@ from motionclone import (
 LAYERS = ("up_blocks.1.motion_modules.0.attention_blocks.0", "up_blocks.1.motion_modules.0.attention_blocks.1")
 
 
-def _metadata(frames=6, k=1, layers=LAYERS) -> MotionMetadata:
+def _metadata(frames=6, k=1, layers=LAYERS, timesteps=()) -> MotionMetadata:
     return MotionMetadata(frames=frames, latent_height=8, latent_width=12, layers=layers, blocks=("up_blocks.1",),
-                          top_k=k, timestep=400, model_family="AnimateDiff v3 SD1.5")
+                          top_k=k, timestep=400, model_family="AnimateDiff v3 SD1.5", timesteps=timesteps)
 
 
 def _probs(seed: int, frames=6, positions=6, heads=8, layers=LAYERS) -> dict[str, torch.Tensor]:
@@ -131,8 +133,8 @@ def _rewrite(path: str, tensors=None, **header_changes) -> str:
 
 
 def test_newer_format_asks_for_an_update(tmp_path):
-    path = _rewrite(_saved(tmp_path), **{"motionclone.format": "2"})
-    with pytest.raises(MotionFileError, match="format 2.*Update the ComfyUI-MotionClone node pack"):
+    path = _rewrite(_saved(tmp_path), **{"motionclone.format": "3"})
+    with pytest.raises(MotionFileError, match="format 3.*Update the ComfyUI-MotionClone node pack"):
         load_motion(path)
 
 
@@ -173,7 +175,7 @@ def test_metadata_header_is_readable_json(tmp_path):
     with safetensors.safe_open(_saved(tmp_path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["motionclone.metadata"])
     assert meta == {"frames": 6, "latent_height": 8, "latent_width": 12, "layers": list(LAYERS), "blocks": ["up_blocks.1"],
-                    "top_k": 1, "timestep": 400, "model_family": "AnimateDiff v3 SD1.5"}
+                    "top_k": 1, "timestep": 400, "model_family": "AnimateDiff v3 SD1.5", "timesteps": []}
 
 
 def test_several_videos_in_one_forward_are_each_compared_with_the_motion():
@@ -188,3 +190,53 @@ def test_attention_of_another_size_is_refused():
     values, indices = top_k_representation(_probs(12), 1, _metadata()).to_device(torch.device("cpu"))
     with pytest.raises(MotionCloneError, match="does not fit"):
         motion_loss(_probs(13, positions=4), values, indices)
+
+
+def _per_timestep(timesteps=(999, 950, 900), k=2):
+    probs = [_probs(20 + i) for i in range(len(timesteps))]
+    return probs, per_timestep_representation(probs, k, _metadata(k=k, timesteps=timesteps))
+
+
+def test_per_timestep_entries_equal_single_representations_of_each_step():
+    probs, rep = _per_timestep()
+    for entry, t in enumerate((999, 950, 900)):
+        single = top_k_representation(probs[entry], 2, _metadata(k=2))
+        values, indices = rep.to_device(torch.device("cpu"), timestep=t)
+        for name in LAYERS:
+            assert rep.values[name].shape == (3, 6, 8, 6, 2)
+            assert torch.equal(values[name], single.values[name].float())
+            assert torch.equal(indices[name], single.indices[name].long())
+
+
+def test_per_timestep_lookup_of_a_missing_timestep_names_the_fix():
+    _, rep = _per_timestep()
+    assert rep.entry_for(950) == 1
+    with pytest.raises(MotionMismatchError, match=r"3 guided timesteps \(t=999..900\).*t=800.*same steps, guided_steps"):
+        rep.to_device(torch.device("cpu"), timestep=800)
+
+
+def test_single_timestep_representation_ignores_the_sampling_timestep():
+    rep = top_k_representation(_probs(30), 1, _metadata())
+    assert rep.entry_for(123) is None
+    values, _ = rep.to_device(torch.device("cpu"), timestep=123)
+    assert torch.equal(values[LAYERS[0]], rep.values[LAYERS[0]].float())
+
+
+def test_per_timestep_round_trip_and_shape_check(tmp_path):
+    _, rep = _per_timestep()
+    path = str(tmp_path / "motion.safetensors")
+    save_motion(rep, path)
+    loaded = load_motion(path)
+    assert loaded.metadata == rep.metadata and loaded.metadata.timesteps == (999, 950, 900)
+    assert all(torch.equal(loaded.values[n], rep.values[n]) and torch.equal(loaded.indices[n], rep.indices[n]) for n in LAYERS)
+    tensors = safetensors.torch.load_file(path)
+    tensors[f"{LAYERS[0]}.values"] = tensors[f"{LAYERS[0]}.values"][:2]
+    tensors[f"{LAYERS[0]}.indices"] = tensors[f"{LAYERS[0]}.indices"][:2]
+    with pytest.raises(MotionFileError, match=r"expected \(3, positions, heads, 6, 2\)"):
+        load_motion(_rewrite(path, tensors))
+
+
+def test_format_1_files_still_load(tmp_path):
+    path = _rewrite(_saved(tmp_path), **{"motionclone.format": "1"})
+    loaded = load_motion(path)
+    assert loaded.metadata.timesteps == () and loaded.metadata.format_version == 1
