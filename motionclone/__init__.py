@@ -30,15 +30,16 @@ from .representation import (
     MotionRepresentation,
     index_dtype_for,
     motion_loss,
-    per_timestep_representation,
+    stack_timesteps,
     top_k_representation,
 )
-from .schedule import GuidanceRamp, MotionCloneSchedule, motionclone_timesteps, resolve_guided_steps
+from .schedule import CombinedWeights, GuidanceRamp, MotionCloneSchedule, motionclone_timesteps, resolve_guided_steps
 from .video import RESIZE_MODES, resize_frames
 
 __all__ = [
     "AnimateDiffMotionModel",
     "AttentionCapture",
+    "CombinedWeights",
     "ForwardStopped",
     "FrameCountError",
     "GuidanceLog",
@@ -66,7 +67,7 @@ __all__ = [
     "load_motion_module",
     "motion_loss",
     "motionclone_timesteps",
-    "per_timestep_representation",
+    "stack_timesteps",
     "read_state_dict",
     "resize_frames",
     "resolve_guided_steps",

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
-
-from .schedule import GuidanceRamp
 
 
 def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
@@ -54,37 +53,54 @@ def guided_ddim_step(
 
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-GuidedDenoise = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-MeasureLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Losses = dict[str, torch.Tensor]
+GuidedDenoise = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, Losses, torch.Tensor]]
+MeasureLoss = Callable[[torch.Tensor, torch.Tensor, int], Losses]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+class StepWeights(Protocol):
+    """Which steps are guided: `scale(i) > 0` for a guided step; steps `< guided_steps` are in the guided band."""
+
+    guided_steps: int
+
+    def scale(self, step: int) -> float: ...
 
 
 @dataclass
 class GuidanceLog:
-    """Unweighted motion loss at the input of each guided step, filled by `sample_motionclone`."""
+    """Unweighted losses (e.g. "motion", "semantic") at the input of each guided step, filled by `sample_motionclone`."""
 
-    losses: list[float] = field(default_factory=list)
+    series: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, losses: Losses) -> None:
+        for name, value in losses.items():
+            self.series.setdefault(name, []).append(float(value))
+
+    def of(self, name: str) -> list[float]:
+        return self.series.get(name, [])
 
 
 def sample_motionclone(
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    ramp: GuidanceRamp,
+    weights: StepWeights,
     denoise: Denoise,
     guided_denoise: GuidedDenoise,
     measure_loss: MeasureLoss | None = None,
     on_step: StepCallback | None = None,
     log: GuidanceLog | None = None,
 ) -> torch.Tensor:
-    """MotionClone's sampling loop (spec §1.2 b): guided DDIM steps, then plain CFG DDIM steps.
+    """MotionClone's sampling loop (spec §1.2 b, §1.3 step 2): guided DDIM steps, then plain CFG DDIM steps.
 
     Args:
         x: `(F, C, h, w)` noised start in sigma space; sigmas: `(N + 1,)` descending, ending at 0.
-        ramp: loss weight per step; steps `>= ramp.guided_steps` (or of weight 0) are plain.
+        weights: a step `i` with `weights.scale(i) > 0` is guided (e.g. a `GuidanceRamp`); the others are plain.
         denoise: `(x, sigma) -> denoised`, the plain CFG prediction.
-        guided_denoise: `(x, sigma, scale) -> (denoised, loss, grad)`: the CFG prediction, the unweighted
-            motion loss and the gradient of `scale * loss` with respect to `x`.
-        measure_loss: `(x, sigma) -> loss` without gradients, logged for guided steps of weight 0.
+        guided_denoise: `(x, sigma, i) -> (denoised, losses, grad)`: the CFG prediction, the unweighted
+            losses by name, and the gradient of the weighted loss of step `i` with respect to `x`.
+        measure_loss: `(x, sigma, i) -> losses` without gradients, logged for the steps `< weights.guided_steps`
+            that are not guided (weight 0), for comparisons.
         on_step: `(i, x, sigma, denoised)` after each prediction, before the update.
 
     Returns:
@@ -92,16 +108,15 @@ def sample_motionclone(
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        scale = ramp.scale(i)
-        if scale > 0:
-            denoised, loss, grad = guided_denoise(x, sigma, scale)
+        if weights.scale(i) > 0:
+            denoised, losses, grad = guided_denoise(x, sigma, i)
             x_next = guided_ddim_step(x, denoised, sigma, sigma_next, grad)
         else:
             denoised = denoise(x, sigma)
-            loss = measure_loss(x, sigma) if (measure_loss is not None and i < ramp.guided_steps) else None
+            losses = measure_loss(x, sigma, i) if (measure_loss is not None and i < weights.guided_steps) else None
             x_next = euler_step(x, denoised, sigma, sigma_next)
-        if log is not None and loss is not None:
-            log.losses.append(float(loss))
+        if log is not None and losses is not None:
+            log.add(losses)
         if on_step is not None:
             on_step(i, x, sigma, denoised)
         x = x_next

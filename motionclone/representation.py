@@ -128,22 +128,17 @@ def top_k_representation(probs: dict[str, torch.Tensor], k: int, metadata: Motio
     return MotionRepresentation(metadata, values, indices)
 
 
-def per_timestep_representation(
-    probs_per_timestep: list[dict[str, torch.Tensor]], k: int, metadata: MotionMetadata
-) -> MotionRepresentation:
-    """Top-k representations of several reference forwards, one per `metadata.timesteps` entry, stacked.
+def stack_timesteps(entries: list[MotionRepresentation], metadata: MotionMetadata) -> MotionRepresentation:
+    """Single-timestep representations, one per `metadata.timesteps` entry, as one per-timestep representation.
 
     Args:
-        probs_per_timestep: for each of the S timesteps, layer -> `(N, heads, F, F)` probabilities.
+        entries: S representations of the same layers and shapes (`top_k_representation` of each forward).
 
     Returns:
-        values and indices `(S, N, heads, F, k)`, as `top_k_representation` per entry.
+        values and indices `(S, N, heads, F, k)`; entry s guides sampling timestep `metadata.timesteps[s]`.
     """
-    if len(probs_per_timestep) != len(metadata.timesteps) or not metadata.timesteps:
-        raise MotionCloneError(
-            f"Got attention for {len(probs_per_timestep)} timesteps but the metadata lists {len(metadata.timesteps)}."
-        )
-    entries = [top_k_representation(probs, k, metadata) for probs in probs_per_timestep]
+    if len(entries) != len(metadata.timesteps) or not entries:
+        raise MotionCloneError(f"Got {len(entries)} entries for {len(metadata.timesteps)} timesteps.")
     values = {name: torch.stack([e.values[name] for e in entries]) for name in metadata.layers}
     indices = {name: torch.stack([e.indices[name] for e in entries]) for name in metadata.layers}
     return MotionRepresentation(metadata, values, indices)

@@ -83,13 +83,39 @@ class GuidanceRamp:
     warm_up: int = 10
     cool_down: int = 10
 
+    def warm_up_factor(self, step: int) -> float:
+        """`warm(i)` alone, 0 outside the guided steps (v1 scales its semantic term by this only, spec §5.1)."""
+        if not 0 <= step < self.guided_steps:
+            return 0.0
+        return (step + 1) / self.warm_up if step < self.warm_up else 1.0
+
     def scale(self, step: int) -> float:
         """The loss weight of guided step `step` (0-based); 0 outside the guided steps."""
         if not 0 <= step < self.guided_steps:
             return 0.0
-        scale = float(self.weight)
-        if step < self.warm_up:
-            scale *= (step + 1) / self.warm_up
+        scale = float(self.weight) * self.warm_up_factor(step)
         if self.cool_down > 0 and step > self.guided_steps - self.cool_down:
             scale *= (self.guided_steps - step) / self.cool_down
         return scale
+
+
+@dataclass(frozen=True)
+class CombinedWeights:
+    """Motion guidance (`motion`, warm-up and cool-down) plus location-aware semantic guidance.
+
+    The semantic term follows v1 (spec §5.1-5.2): `semantic_weight * warm(i)`, no cool-down. A step is
+    guided when either term is positive.
+    """
+
+    motion: GuidanceRamp
+    semantic_weight: float = 0.0
+
+    @property
+    def guided_steps(self) -> int:
+        return self.motion.guided_steps
+
+    def semantic_scale(self, step: int) -> float:
+        return float(self.semantic_weight) * self.motion.warm_up_factor(step)
+
+    def scale(self, step: int) -> float:
+        return self.motion.scale(step) + self.semantic_scale(step)

@@ -35,6 +35,22 @@ from ..motionclone.layout import comfy_block_of, validate_block_names
 from .patching import SamplingRun, with_capture
 
 
+def capture_forward(
+    run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
+    capture: AttentionCapture,
+) -> torch.Tensor | None:
+    """One conditional forward without gradients that records into `capture`.
+
+    Returns:
+        The conditional clean estimate `(F, 4, h, w)`, or None when `capture` stopped the forward early.
+    """
+    with torch.no_grad():
+        try:
+            return comfy.samplers.calc_cond_batch(inner_model, [conds], x, sigma, with_capture(model_options, capture))[0]
+        except ForwardStopped:
+            return None
+
+
 def capture_attention(
     run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
     blocks: tuple[str, ...], stop_early: bool = True,
@@ -51,17 +67,17 @@ def capture_attention(
     Returns:
         layer name -> `(h_l * w_l, heads, F, F)` float32 probabilities (rows sum to 1).
     """
-    capture = _new_capture(run, blocks, stop_early)
-    with torch.no_grad():
-        _forward(inner_model, conds, x, sigma, with_capture(model_options, capture))
+    capture = new_capture(run, blocks, stop_early)
+    capture_forward(run, inner_model, conds, x, sigma, model_options, capture)
     return capture.probs
 
 
 def attention_loss_gradient(
     run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
-    blocks: tuple[str, ...], loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    blocks: tuple[str, ...], loss_fn: Callable[[AttentionCapture], torch.Tensor], key_blocks: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of `loss_fn(probabilities of blocks)` with respect to the latent `x`.
+    """Gradient of `loss_fn(capture)` with respect to the latent `x`; the capture holds the temporal-attention
+    probabilities of `blocks` and the temporal keys of `key_blocks`.
 
     Callable from anywhere inside a sampling run (a sampler, a guider, a wrapper), whatever the
     inference mode. Arguments as in `capture_attention`.
@@ -69,42 +85,44 @@ def attention_loss_gradient(
     Returns:
         `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`.
     """
-    capture = _new_capture(run, blocks, stop_early=True)
+    capture = new_capture(run, blocks, stop_early=True, key_blocks=key_blocks)
     with torch.inference_mode(False), torch.enable_grad():
-        _make_autograd_ready(_modules_on_path(run, inner_model, blocks))
+        _make_autograd_ready(_modules_on_path(run, inner_model, (*blocks, *key_blocks)))
         leaf = x.detach().clone().requires_grad_(True)
         options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
         _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
         _check_captured(run, blocks, capture)
-        loss = loss_fn(capture.probs)
+        loss = loss_fn(capture)
         (grad,) = torch.autograd.grad(loss, leaf)
     return loss.detach(), grad.detach()
 
 
 def prediction_with_attention_gradient(
     run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
-    blocks: tuple[str, ...], loss_fn: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    blocks: tuple[str, ...], loss_fn: Callable[[AttentionCapture], torch.Tensor], key_blocks: tuple[str, ...] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One full conditional forward giving both the prediction and `d loss_fn(attention) / d x`.
+    """One full conditional forward giving both the prediction and `d loss_fn(capture) / d x`.
 
-    Autograd records the forward only up to the last motion module of `blocks`; the later blocks run
-    without a graph (the official v2 `unet_customized_forward`), so the backward and its memory cover
-    the encoder and the guided decoder blocks only. Arguments as in `capture_attention`.
+    The capture holds the temporal-attention probabilities of `blocks` and the temporal keys of
+    `key_blocks`. Autograd records the forward only up to the last motion module of those blocks; the
+    later blocks run without a graph (the official v2 `unet_customized_forward`), so the backward and
+    its memory cover the encoder and the guided decoder blocks only. Arguments as in `capture_attention`.
 
     Returns:
         `(denoised, loss, grad)`: the conditional clean estimate `(F, 4, h, w)`, the detached loss, and
         the gradient shaped like `x`.
     """
-    validate_block_names(blocks, run.motion_model.has_mid_block)
-    capture = AttentionCapture(blocks, no_grad_after=run.motion_model.last_module_in(blocks))
+    guided_blocks = tuple(dict.fromkeys((*blocks, *key_blocks)))
+    validate_block_names(guided_blocks, run.motion_model.has_mid_block)
+    capture = AttentionCapture(blocks, no_grad_after=run.motion_model.last_module_in(guided_blocks), key_blocks=key_blocks)
     with torch.inference_mode(False), torch.enable_grad():
-        _make_autograd_ready(_modules_on_path(run, inner_model, blocks))
+        _make_autograd_ready(_modules_on_path(run, inner_model, guided_blocks))
         leaf = x.detach().clone().requires_grad_(True)
         options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
         denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
         torch.set_grad_enabled(True)  # the capture switched it off after the last guided block
         _check_captured(run, blocks, capture)
-        loss = loss_fn(capture.probs)
+        loss = loss_fn(capture)
         (grad,) = torch.autograd.grad(loss, leaf)
     return denoised.detach(), loss.detach(), grad.detach()
 
@@ -121,9 +139,12 @@ def _check_captured(run: SamplingRun, blocks: tuple[str, ...], capture: Attentio
         raise RuntimeError(f"Temporal attention of {missing[0]} was not captured; is the motion model injected?")
 
 
-def _new_capture(run: SamplingRun, blocks: tuple[str, ...], stop_early: bool) -> AttentionCapture:
-    validate_block_names(blocks, run.motion_model.has_mid_block)
-    return AttentionCapture(blocks, run.motion_model.last_module_in(blocks) if stop_early else None)
+def new_capture(run: SamplingRun, blocks: tuple[str, ...], stop_early: bool, key_blocks: tuple[str, ...] = ()) -> AttentionCapture:
+    """A capture of `blocks`' probabilities and `key_blocks`' keys, stopping after the last of them if asked."""
+    read_blocks = tuple(dict.fromkeys((*blocks, *key_blocks)))
+    validate_block_names(read_blocks, run.motion_model.has_mid_block)
+    stop_after = run.motion_model.last_module_in(read_blocks) if stop_early else None
+    return AttentionCapture(blocks, stop_after, key_blocks=key_blocks)
 
 
 def _forward(inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict) -> None:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
+import comfy.utils
 import torch
 
 from ..motionclone import (
+    CombinedWeights,
     GuidanceLog,
     GuidanceRamp,
     MotionMismatchError,
@@ -29,8 +31,16 @@ from ..motionclone import (
 )
 from ..motionclone.errors import MotionCloneError
 from ..motionclone.schedule import guided_band_start
-from .autograd import attention_loss_gradient, capture_attention, prediction_with_attention_gradient
+from ..motionclone.subject import SemanticSettings
+from .autograd import (
+    attention_loss_gradient,
+    capture_attention,
+    capture_forward,
+    new_capture,
+    prediction_with_attention_gradient,
+)
 from .patching import SamplingRun, current_run
+from .semantic import appearance_targets, semantic_losses
 
 logger = logging.getLogger("MotionClone")
 
@@ -67,21 +77,39 @@ def _check_run(representation: MotionRepresentation, run: SamplingRun, x: torch.
 # --- extraction -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Captured:
-    probs: dict | None = None
-    family: str = ""
+def _reading_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, states, read, results: list):
+    """A KSAMPLER function that only reads the model, changing nothing.
 
-
-def _capture_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, *, blocks, result: _Captured):
-    """A one-step KSAMPLER function: record the conditional temporal attention at `sigmas[0]`, change nothing."""
+    For each `(latent, sigma)` of `states` it calls `read(run, guider, x, sigma_batch, model_options)` with x
+    the sampler's own noised start (latent None) or `process_latent_in(latent)`.
+    """
     guider = model.inner_model
     options = extra_args["model_options"]
     run = current_run(options)
-    sigma = sigmas[0] * x.new_ones([x.shape[0]])
-    result.probs = capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma, options, blocks)
-    result.family = run.motion_model.family
+    progress = comfy.utils.ProgressBar(len(states)) if len(states) > 1 else None
+    for latent, sigma in states:
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        start = x if latent is None else guider.inner_model.process_latent_in(latent.to(x))
+        results.append(read(run, guider, start, sigma.to(x) * x.new_ones([x.shape[0]]), options))
+        if progress is not None:
+            progress.update(1)
     return x
+
+
+def read_model(model, latent: torch.Tensor, conditioning, noise: torch.Tensor, states: list, read) -> list:
+    """Run `read` on reference latents inside a sampling run of `model` (so ComfyUI loads, patches and
+    conditions it as for sampling); one forward per entry of `states`, see `_reading_sampler`.
+
+    Args:
+        latent: `(F, 4, h, w)` LATENT-convention clip whose noised start (with `noise`, at `states[0]`'s
+            sigma) is what an entry with latent None reads.
+    """
+    results: list = []
+    sampler = comfy.samplers.KSAMPLER(_reading_sampler, extra_options={"states": states, "read": read, "results": results})
+    sigma = states[0][1]
+    sigmas = torch.stack([sigma, torch.zeros_like(sigma)])
+    comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent, disable_pbar=True)
+    return results
 
 
 def reference_attention(model, latent: torch.Tensor, conditioning, sigma: torch.Tensor, noise: torch.Tensor, blocks):
@@ -94,11 +122,10 @@ def reference_attention(model, latent: torch.Tensor, conditioning, sigma: torch.
     Returns:
         `(probs, model_family)`: layer -> `(h_l * w_l, heads, F, F)` float32.
     """
-    result = _Captured()
-    sampler = comfy.samplers.KSAMPLER(_capture_sampler, extra_options={"blocks": tuple(blocks), "result": result})
-    sigmas = torch.stack([sigma, torch.zeros_like(sigma)])
-    comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent, disable_pbar=True)
-    return result.probs, result.family
+    def read(run, guider, x, sigma_in, options):
+        return capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma_in, options, blocks), run.motion_model.family
+
+    return read_model(model, latent, conditioning, noise, [(None, sigma)], read)[0]
 
 
 # --- the guided sampler ---------------------------------------------------------------------------------
@@ -115,50 +142,94 @@ def _apply_cfg(guider, cond_out, uncond_out, x, sigma, options):
                                        cond=conds["positive"], uncond=conds["negative"])
 
 
+@dataclass(frozen=True)
+class Guidance:
+    """What a guided step pulls towards: the reference motion, and optionally semantic guidance."""
+
+    representation: MotionRepresentation
+    semantic: SemanticSettings | None = None
+
+    @property
+    def key_blocks(self) -> tuple[str, ...]:
+        return self.semantic.measured_blocks if self.semantic is not None else ()
+
+
+class _StepLoss:
+    """The loss of one guided step over a capture; keeps the unweighted losses it saw, for the log."""
+
+    def __init__(self, run: SamplingRun, guidance: Guidance, motion_targets, appearance, motion_scale: float,
+                 semantic_scale: float, frames: int):
+        self.run, self.guidance, self.motion_targets, self.appearance = run, guidance, motion_targets, appearance
+        self.motion_scale, self.semantic_scale, self.frames = motion_scale, semantic_scale, frames
+        self.losses: dict[str, torch.Tensor] = {}
+
+    def __call__(self, capture) -> torch.Tensor:
+        motion = motion_loss(capture.probs, *self.motion_targets)
+        self.losses["motion"] = motion.detach()
+        total = self.motion_scale * motion
+        if self.appearance is not None:
+            weighted, reported = semantic_losses(capture, self.appearance, self.guidance.semantic, self.run, self.frames)
+            self.losses["semantic"] = reported.detach()
+            total = total + self.semantic_scale * weighted
+        return total
+
+
+def _step_loss(run: SamplingRun, guider, guidance: Guidance, x, sigma, sigma_next, options, motion_scale: float,
+               semantic_scale: float) -> _StepLoss:
+    """Targets of this step: the motion entry of its timestep and, with semantic guidance, the appearance branch."""
+    _check_run(guidance.representation, run, x)
+    timestep = int(guider.inner_model.model_sampling.timestep(sigma.reshape(1)).item())
+    targets = run.motion_targets(guidance.representation, x.device, timestep)
+    appearance = None
+    if guidance.semantic is not None:
+        appearance = appearance_targets(run, guider, x, sigma, sigma_next, options, guidance.semantic, _apply_cfg)
+    return _StepLoss(run, guidance, targets, appearance, motion_scale, semantic_scale, x.shape[0])
+
+
 def _motionclone_sampler(model, x, sigmas, extra_args=None, callback=None, disable=None, *,
-                         representation: MotionRepresentation, ramp: GuidanceRamp, log: GuidanceLog):
+                         guidance: Guidance, weights: CombinedWeights, log: GuidanceLog):
     """KSAMPLER function of 'MotionClone Sampler': `sample_motionclone` with ComfyUI's predictions."""
     if extra_args.get("denoise_mask") is not None:
         raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
     guider = model.inner_model
     options = extra_args["model_options"]
     run = current_run(options)
-    _check_run(representation, run, x)
-    targets = run.motion_targets(representation, x.device)
-    blocks = representation.metadata.blocks
+    blocks = guidance.representation.metadata.blocks
     s_in = x.new_ones([x.shape[0]])
+    sigma_after = {float(sigmas[i]): sigmas[i + 1] for i in range(len(sigmas) - 1)}
 
     def denoise(x, sigma):
         comfy.model_management.throw_exception_if_processing_interrupted()
         return model(x, sigma * s_in, **extra_args)
 
-    def guided_denoise(x, sigma, scale):
+    def guided_denoise(x, sigma, step):
         comfy.model_management.throw_exception_if_processing_interrupted()
         sigma_in = sigma * s_in
-        cond_out, loss, grad = prediction_with_attention_gradient(
-            run, guider.inner_model, guider.conds["positive"], x, sigma_in, options, blocks,
-            lambda probs: scale * motion_loss(probs, *targets),
-        )
+        loss = _step_loss(run, guider, guidance, x, sigma, sigma_after[float(sigma)], options,
+                          weights.motion.scale(step), weights.semantic_scale(step))
+        cond_out, _, grad = prediction_with_attention_gradient(
+            run, guider.inner_model, guider.conds["positive"], x, sigma_in, options, blocks, loss, guidance.key_blocks)
         _check_finite(grad)
         uncond_out = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], x, sigma_in, options)[0]
-        return _apply_cfg(guider, cond_out, uncond_out, x, sigma_in, options), loss / scale, grad
+        return _apply_cfg(guider, cond_out, uncond_out, x, sigma_in, options), loss.losses, grad
 
-    def measure_loss(x, sigma):
-        probs = capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma * s_in, options, blocks)
-        return motion_loss(probs, *targets)
+    def measure_loss(x, sigma, step):
+        loss = _step_loss(run, guider, guidance, x, sigma, sigma_after[float(sigma)], options, 0.0, 0.0)
+        capture = new_capture(run, blocks, stop_early=True, key_blocks=guidance.key_blocks)
+        capture_forward(run, guider.inner_model, guider.conds["positive"], x, sigma * s_in, options, capture)
+        loss(capture)
+        return loss.losses
 
     def on_step(i, x, sigma, denoised):
         if callback is not None:
             callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
 
-    return sample_motionclone(x, sigmas, ramp, denoise, guided_denoise, measure_loss, on_step, log)
+    return sample_motionclone(x, sigmas, weights, denoise, guided_denoise, measure_loss, on_step, log)
 
 
-def motionclone_ksampler(representation: MotionRepresentation, ramp: GuidanceRamp, log: GuidanceLog):
+def motionclone_ksampler(guidance: Guidance, weights: CombinedWeights, log: GuidanceLog):
     """A ComfyUI SAMPLER running MotionClone's guided DDIM over the sigmas it is given."""
-    return comfy.samplers.KSAMPLER(
-        _motionclone_sampler, extra_options={"representation": representation, "ramp": ramp, "log": log}
-    )
+    return comfy.samplers.KSAMPLER(_motionclone_sampler, extra_options={"guidance": guidance, "weights": weights, "log": log})
 
 
 def _check_finite(grad: torch.Tensor) -> None:
@@ -173,7 +244,7 @@ def _check_finite(grad: torch.Tensor) -> None:
 
 
 class MotionGuidanceWrapper:
-    """PREDICT_NOISE wrapper: motion guidance inside any sampler (the model-patch form).
+    """PREDICT_NOISE wrapper: motion (and semantic) guidance inside any sampler (the model-patch form).
 
     A wrapper can only change the clean estimate D that the sampler receives, not the sampler's update.
     The official guided DDIM step moves the latent by `-sigma' * sigma * g` (g = d(weighted loss)/dx,
@@ -186,12 +257,12 @@ class MotionGuidanceWrapper:
     samplers get a descent step on the same loss whose size follows their own use of D; evaluations
     at noise levels that are not in the schedule (the extra ones of 2nd-order samplers) are left
     unguided. Guided steps are the schedule's steps whose timestep lies in the guided band
-    `[1000 (1 - guided_fraction), 999]`; warm-up and cool-down count those steps.
+    `[1000 (1 - guided_fraction), 999]`; warm-up and cool-down count those steps. Semantic guidance
+    advances its appearance branch with DDIM steps along the same schedule.
     """
 
-    def __init__(self, representation: MotionRepresentation, weight: float, guided_fraction: float,
-                 warm_up: int, cool_down: int):
-        self.representation = representation
+    def __init__(self, guidance: Guidance, weight: float, guided_fraction: float, warm_up: int, cool_down: int):
+        self.guidance = guidance
         self.weight = weight
         self.guided_fraction = guided_fraction
         self.warm_up = warm_up
@@ -205,24 +276,21 @@ class MotionGuidanceWrapper:
         step = self._guided_step(executor.class_obj, timestep, model_options)
         if step is None:
             return denoised
-        index, ramp, sigma, sigma_next = step
-        scale = ramp.scale(index)
-        if scale == 0.0:
+        index, weights, sigma, sigma_next = step
+        if weights.scale(index) == 0.0:
             return denoised
         guider = executor.class_obj
         run = current_run(model_options)
-        _check_run(self.representation, run, x)
-        targets = run.motion_targets(self.representation, x.device)
-        _, grad = attention_loss_gradient(
-            run, guider.inner_model, guider.conds["positive"], x, timestep, model_options,
-            self.representation.metadata.blocks, lambda probs: scale * motion_loss(probs, *targets),
-        )
+        loss = _step_loss(run, guider, self.guidance, x, sigma, sigma_next, model_options,
+                          weights.motion.scale(index), weights.semantic_scale(index))
+        _, grad = attention_loss_gradient(run, guider.inner_model, guider.conds["positive"], x, timestep, model_options,
+                                          self.guidance.representation.metadata.blocks, loss, self.guidance.key_blocks)
         _check_finite(grad)
         shift = sigma_next * sigma**2 / (sigma - sigma_next)
         return denoised - shift * grad.to(denoised.dtype)
 
     def _guided_step(self, guider, timestep, model_options):
-        """`(index among guided steps, ramp, sigma, sigma_next)` when this evaluation is a guided step."""
+        """`(index among guided steps, weights, sigma, sigma_next)` when this evaluation is a guided step."""
         schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
         if schedule is None or len(schedule) < 2:
             return None
@@ -239,4 +307,6 @@ class MotionGuidanceWrapper:
         if not bool(in_band[position]):
             return None
         ramp = GuidanceRamp(self.weight, int(in_band.sum()), self.warm_up, self.cool_down)
-        return int(in_band[:position].sum()), ramp, schedule[position], sigma_next
+        semantic_on = self.guidance.semantic is not None and self.guidance.semantic.active
+        weights = CombinedWeights(ramp, 1.0 if semantic_on else 0.0)
+        return int(in_band[:position].sum()), weights, schedule[position], sigma_next

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 
@@ -16,12 +17,16 @@ from ..motionclone import (
     MotionMetadata,
     load_motion,
     resize_frames,
+    motionclone_timesteps,
+    resolve_guided_steps,
     save_motion,
+    stack_timesteps,
     top_k_representation,
 )
-from .guided_sampling import reference_attention
+from .autograd import capture_attention
+from .guided_sampling import read_model, reference_attention
 from .patching import motion_model_of
-from .types import MotionSocket
+from .types import InversionSocket, MotionSocket
 
 MOTION_FOLDER = "motionclone"  # models/motionclone: saved motion representations
 BLOCK_CHOICES = {
@@ -72,18 +77,33 @@ class ExtractMotion(io.ComfyNode):
                 io.Conditioning.Input("conditioning", optional=True, tooltip="Prompt describing the reference. "
                                       "Leave empty for the empty prompt, as the official code (needs 'clip')."),
                 io.Clip.Input("clip", optional=True, tooltip="Encodes the empty prompt when no conditioning is given."),
+                InversionSocket.Input("inversion", optional=True, tooltip="A DDIM inversion of the reference clip "
+                                      "(instead of images/latent): the motion is then read at every guided step of "
+                                      "the sampling schedule below, from the inverted latent nearest to it (the "
+                                      "paper's v1). 'timestep' and 'seed' are not used."),
+                io.Int.Input("steps", default=100, min=1, max=1000, optional=True,
+                             tooltip="With 'inversion' only: the sampler's steps (must equal the sampler's)."),
+                io.Int.Input("guided_steps", default=-1, min=-1, max=1000, optional=True,
+                             tooltip="With 'inversion' only: the sampler's guided_steps (must equal the sampler's)."),
+                io.Float.Input("guided_fraction", default=0.3, min=0.01, max=0.99, step=0.01, optional=True,
+                               tooltip="With 'inversion' only: the sampler's guided_fraction (must equal the sampler's)."),
             ],
             outputs=[MotionSocket.Output(display_name="MOTION", tooltip="The motion representation, for "
                                          "'MotionClone Sampler', 'MotionClone: Guidance' or 'Save Motion'.")],
         )
 
     @classmethod
-    def execute(cls, model, width, height, resize, timestep, seed, blocks, top_k,
-                images=None, vae=None, latent=None, conditioning=None, clip=None) -> io.NodeOutput:
+    def execute(cls, model, width, height, resize, timestep, seed, blocks, top_k, images=None, vae=None, latent=None,
+                conditioning=None, clip=None, inversion=None, steps=100, guided_steps=-1, guided_fraction=0.3) -> io.NodeOutput:
         motion_model = motion_model_of(model)
         if motion_model is None:
             raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
-        samples = _reference_latent(images, vae, latent, width, height, resize)
+        if inversion is not None:
+            if images is not None or latent is not None:
+                raise MotionCloneError("Connect either 'inversion' or a reference clip ('images' or 'latent'), not both.")
+            samples = inversion.latents[-1]
+        else:
+            samples = _reference_latent(images, vae, latent, width, height, resize)
         if conditioning is None:
             if clip is None:
                 raise MotionCloneError("Connect 'clip' (to encode the empty prompt, as the official code) or a "
@@ -94,18 +114,43 @@ class ExtractMotion(io.ComfyNode):
             raise MotionCloneError(f"top_k ({top_k}) exceeds the clip's frame count ({frames}); use at most {frames}.")
         block_names = BLOCK_CHOICES[blocks]
         samples = comfy.sample.fix_empty_latent_channels(model, samples)
-        sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
-        noise = comfy.sample.prepare_noise(samples, seed)
-        probs, family = reference_attention(model, samples, conditioning, sigma, noise, block_names)
         metadata = MotionMetadata(
             frames=frames, latent_height=samples.shape[-2], latent_width=samples.shape[-1],
             layers=tuple(motion_model.attention_layer_names(block_names)), blocks=block_names, top_k=top_k,
-            timestep=timestep, model_family=family,
+            timestep=timestep, model_family=motion_model.family,
         )
-        representation = top_k_representation(probs, top_k, metadata)
-        summary = f"{metadata.describe()}; {representation.nbytes() / 1024:.0f} KiB"
+        if inversion is not None:
+            representation, note = _motion_from_inversion(model, inversion, conditioning, metadata, steps, guided_steps,
+                                                          guided_fraction)
+        else:
+            sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
+            noise = comfy.sample.prepare_noise(samples, seed)
+            probs, _ = reference_attention(model, samples, conditioning, sigma, noise, block_names)
+            representation, note = top_k_representation(probs, top_k, metadata), ""
+        summary = f"{representation.metadata.describe()}; {representation.nbytes() / 1024:.0f} KiB{note}"
         logger.info("Extracted motion: %s", summary)
         return io.NodeOutput(representation, ui=ui.PreviewText(summary))
+
+
+def _motion_from_inversion(model, inversion, conditioning, metadata: MotionMetadata, steps: int, guided_steps: int,
+                           guided_fraction: float) -> tuple:
+    """Top-k motion at every guided timestep of the sampling schedule, each read from the inverted latent
+    nearest to it at that latent's own noise level (v1 reads the reference at the same t, spec §1.3)."""
+    guided = motionclone_timesteps(steps, resolve_guided_steps(steps, guided_steps), guided_fraction).guided
+    nearest = [inversion.nearest(t) for t in guided]
+    states = [(inversion.latents[s], inversion.sigmas[s]) for s in nearest]
+    blocks = metadata.blocks
+
+    def read(run, guider, x, sigma, options):
+        probs = capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma, options, blocks)
+        return top_k_representation(probs, metadata.top_k, metadata)
+
+    latent = inversion.latents[-1]
+    entries = read_model(model, latent, conditioning, torch.zeros_like(latent), states, read)
+    per_step = dataclasses.replace(metadata, timestep=guided[0], timesteps=tuple(guided))
+    gap = max(abs(inversion.timesteps[s] - t) for s, t in zip(nearest, guided))
+    note = f"; read from inverted latents at most {gap} timesteps away" if gap else ""
+    return stack_timesteps(entries, per_step), note
 
 
 def _reference_latent(images, vae, latent, width: int, height: int, resize: str) -> torch.Tensor:

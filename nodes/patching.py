@@ -15,6 +15,7 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import comfy.model_management
 import comfy.model_patcher
@@ -25,7 +26,7 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, MotionRepresentation
+from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, MotionRepresentation, attention_probs
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
 
@@ -50,22 +51,28 @@ class SamplingRun:
 
     motion_model: AnimateDiffMotionModel
     frames: int
+    appearance: Any = None  # the semantic guidance's unguided "appearance" branch of this run (nodes/semantic.py)
     _motion_targets: dict = field(default_factory=dict)
 
     def has_motion_targets(self, representation: MotionRepresentation, device: torch.device) -> bool:
-        return _targets_key(representation, device) in self._motion_targets
+        return any(key[:2] == _targets_key(representation, device) for key in self._motion_targets)
 
-    def motion_targets(self, representation: MotionRepresentation, device: torch.device):
-        """`representation.to_device(device)`, made once per run and released with it.
+    def motion_targets(self, representation: MotionRepresentation, device: torch.device, timestep: int | None = None):
+        """`representation.to_device(device, timestep)`, made once per run and released with it.
+
+        Only the latest entry of a per-timestep representation is kept, so device memory holds one.
 
         Made with inference mode off: the loss's backward saves the indices, and inference tensors
         cannot be saved for backward. The dtype conversions (fp16 -> fp32, integer -> int64) always copy,
         so the results are ordinary tensors.
         """
-        key = _targets_key(representation, device)
+        entry = representation.entry_for(timestep) if timestep is not None else None
+        key = (*_targets_key(representation, device), entry)
         if key not in self._motion_targets:
+            for stale in [k for k in self._motion_targets if k[:2] == key[:2]]:
+                del self._motion_targets[stale]
             with torch.inference_mode(False):
-                self._motion_targets[key] = representation.to_device(device)
+                self._motion_targets[key] = representation.to_device(device, timestep)
         return self._motion_targets[key]
 
 
@@ -231,10 +238,34 @@ def current_run(model_options: dict) -> SamplingRun:
 
 
 def with_capture(model_options: dict, capture: AttentionCapture, **transformer_options) -> dict:
-    """A copy of `model_options` whose forwards record into `capture` (other entries shared)."""
+    """A copy of `model_options` whose forwards record into `capture` (other entries shared).
+
+    Cross-attention is recorded through `attn2` replace patches of the capture's `cross_blocks`, added to
+    this copy only: forwards without a capture keep ComfyUI's own attention.
+    """
     options = dict(model_options)
-    options["transformer_options"] = {**model_options.get("transformer_options", {}), CAPTURE_KEY: capture, **transformer_options}
+    merged = {**model_options.get("transformer_options", {}), CAPTURE_KEY: capture, **transformer_options}
+    if capture.cross_blocks:
+        replace = {kind: dict(patches) for kind, patches in merged.get("patches_replace", {}).items()}
+        for kind, index in capture.cross_blocks:
+            replace.setdefault("attn2", {})[(kind, index, 0)] = _record_cross_attention
+        merged["patches_replace"] = replace
+    options["transformer_options"] = merged
     return options
+
+
+def _record_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:
+    """`attn2` replace patch: explicit softmax attention whose probabilities go to the forward's capture.
+
+    Records `(B*F, heads, H, W, T)` float32 for the block in `extra_options["block"]`.
+    """
+    heads = extra_options["n_heads"]
+    probs = attention_probs(q, k, heads)
+    height, width = extra_options["activations_shape"][-2:]
+    extra_options[CAPTURE_KEY].record_cross(tuple(extra_options["block"]), probs.unflatten(2, (height, width)))
+    batch, length, channels = v.shape
+    out = probs.to(v.dtype) @ v.reshape(batch, length, heads, channels // heads).transpose(1, 2)
+    return out.transpose(1, 2).reshape(batch, -1, channels)
 
 
 class _EpsSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):

@@ -129,20 +129,22 @@ def test_sampling_loop_matches_the_official_loop():
     def denoise(x, sigma):
         return cfg_denoised(x, sigma, model.eps(x / (1 + sigma**2).sqrt(), 1 / (1 + sigma**2), "positive"))
 
-    def guided_denoise(x, sigma, scale):
+    ramp = GuidanceRamp(weight, 6, 2, 2)
+
+    def guided_denoise(x, sigma, step):
+        scale = ramp.scale(step)
         leaf = x.detach().requires_grad_(True)
         z = leaf / (1 + sigma**2).sqrt()
         eps_c = model.eps(z, 1 / (1 + sigma**2), "positive")
         loss = scale * motion_loss(model.attention(z), values, indices)
         (grad,) = torch.autograd.grad(loss, leaf)
-        return cfg_denoised(x, sigma, eps_c.detach()), loss.detach() / scale, grad
+        return cfg_denoised(x, sigma, eps_c.detach()), {"motion": loss.detach() / scale}, grad
 
     sigmas = torch.stack([_sigma(t) for t in timesteps] + [torch.tensor(0.0, dtype=torch.float64)])
     log = GuidanceLog()
-    ours = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, GuidanceRamp(weight, 6, 2, 2),
-                              denoise, guided_denoise, log=log)
+    ours = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, ramp, denoise, guided_denoise, log=log)
     torch.testing.assert_close(ours, official, rtol=1e-9, atol=1e-9)
-    assert len(log.losses) == 6
+    assert len(log.of("motion")) == 6
     plain = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, GuidanceRamp(0.0, 6, 2, 2), denoise, guided_denoise)
     assert (plain - ours).abs().max() > 1e-3  # the guidance is not a no-op on this model
 
@@ -150,14 +152,15 @@ def test_sampling_loop_matches_the_official_loop():
 def test_weight_zero_never_calls_the_gradient_pass():
     calls = []
 
-    def guided_denoise(x, sigma, scale):
-        calls.append(scale)
+    def guided_denoise(x, sigma, step):
+        calls.append(step)
         raise AssertionError("no gradient pass expected")
 
     sigmas = torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)
     out = sample_motionclone(torch.ones(2, 2), sigmas, GuidanceRamp(0.0, 2), lambda x, s: 0.5 * x, guided_denoise,
-                             measure_loss=lambda x, s: torch.tensor(0.25), log=(log := GuidanceLog()))
-    assert not calls and log.losses == [0.25, 0.25]
+                             measure_loss=lambda x, s, i: {"motion": torch.tensor(0.25 * (i + 1))},
+                             log=(log := GuidanceLog()))
+    assert not calls and log.of("motion") == [0.25, 0.5]
     assert torch.equal(out, euler_step(euler_step(torch.ones(2, 2), 0.5 * torch.ones(2, 2), sigmas[0], sigmas[1]),
                                        0.5 * euler_step(torch.ones(2, 2), 0.5 * torch.ones(2, 2), sigmas[0], sigmas[1]),
                                        sigmas[1], sigmas[2]))

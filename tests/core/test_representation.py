@@ -16,7 +16,7 @@ from motionclone import (
     load_motion,
     MotionMismatchError,
     motion_loss,
-    per_timestep_representation,
+    stack_timesteps,
     save_motion,
     top_k_representation,
 )
@@ -194,7 +194,8 @@ def test_attention_of_another_size_is_refused():
 
 def _per_timestep(timesteps=(999, 950, 900), k=2):
     probs = [_probs(20 + i) for i in range(len(timesteps))]
-    return probs, per_timestep_representation(probs, k, _metadata(k=k, timesteps=timesteps))
+    entries = [top_k_representation(p, k, _metadata(k=k)) for p in probs]
+    return probs, stack_timesteps(entries, _metadata(k=k, timesteps=timesteps))
 
 
 def test_per_timestep_entries_equal_single_representations_of_each_step():

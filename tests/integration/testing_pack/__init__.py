@@ -144,7 +144,8 @@ class GradientProbe:
             later_blocks = []  # the gradient forward must stop after the captured blocks
             hook = guider.inner_model.diffusion_model.output_blocks[6].register_forward_hook(lambda *a: later_blocks.append(1))
             try:
-                loss, grad = autograd.attention_loss_gradient(run, guider.inner_model, conds, x, timestep, model_options, blocks, loss_fn)
+                loss, grad = autograd.attention_loss_gradient(run, guider.inner_model, conds, x, timestep, model_options, blocks,
+                                                             lambda capture: loss_fn(capture.probs))
             finally:
                 hook.remove()
 

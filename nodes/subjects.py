@@ -1,0 +1,158 @@
+"""Subject masks from cross-attention, and the settings of location-aware semantic guidance (spec §5.2)."""
+
+from __future__ import annotations
+
+import comfy.sample
+import torch
+import torch.nn.functional as F
+from comfy_api.latest import io, ui
+
+from ..motionclone import MotionCloneError
+from ..motionclone.subject import SemanticSettings, SubjectMask, find_token_positions
+from .autograd import capture_forward, new_capture
+from .guided_sampling import read_model
+from .patching import motion_model_of
+from .semantic import MASK_CROSS_BLOCKS
+from .types import InversionSocket, SemanticGuidanceSocket, SubjectMaskSocket
+
+
+def _token_ids(clip, text: str) -> list[int]:
+    """Token ids of `text` as the checkpoint's text encoder sees them: the chunks of 77, BOS/EOS included."""
+    tokens = clip.tokenize(text)
+    chunks = tokens.get("l") or next(iter(tokens.values()))
+    return [int(token) for chunk in chunks for token, *_ in chunk if isinstance(token, int)]
+
+
+def subject_token_positions(clip, prompt: str, subject: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """`(words, positions)`: the comma-separated `subject` words' token positions in `prompt`."""
+    words = tuple(word.strip() for word in subject.split(",") if word.strip())
+    if not words:
+        raise MotionCloneError("'subject' is empty. Type the subject's word as it appears in the prompt, e.g. 'cat'.")
+    prompt_tokens = _token_ids(clip, prompt)
+    special = {prompt_tokens[0], prompt_tokens[-1]}  # BOS and the EOS/padding token
+    word_tokens = {word: [t for t in _token_ids(clip, word) if t not in special] for word in words}
+    return words, find_token_positions(prompt_tokens, word_tokens, prompt)
+
+
+def _source_state(inversion, latent, timestep: int, seed: int, model):
+    """`(clip latent, noise, (latent or None, sigma))` for reading the subject's cross-attention at `timestep`."""
+    if inversion is not None:
+        if latent is not None:
+            raise MotionCloneError("Connect either 'inversion' or 'latent' as the mask's source, not both.")
+        entry = inversion.nearest(timestep)
+        clip_latent = inversion.latents[entry]
+        return clip_latent, torch.zeros_like(clip_latent), (clip_latent, inversion.sigmas[entry])
+    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
+    return samples, comfy.sample.prepare_noise(samples, seed), (None, sigma)
+
+
+class CrossAttentionMask(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MotionCloneCrossAttentionMask",
+            display_name="MotionClone: Cross-Attention Mask",
+            category="MotionClone",
+            description="Where a subject word sits in every frame, from the UNet's cross-attention to that word "
+            "(MotionClone's location-aware semantic guidance). With a source (inversion or latent) it masks the "
+            "reference clip's subject; without one it names the new prompt's subject, masked while sampling.",
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL after 'MotionClone: Apply AnimateDiff'."),
+                io.Clip.Input("clip", tooltip="Your checkpoint's CLIP; its tokenizer finds the subject's tokens."),
+                io.String.Input("prompt", multiline=True, default="",
+                                tooltip="The prompt the subject appears in: the reference clip's description (with "
+                                "a source) or the new prompt, exactly as given to the sampler (without)."),
+                io.String.Input("subject", default="", tooltip="The subject's word in the prompt, e.g. 'fox'. Several "
+                                "words separated by commas are masked together; a word split into several tokens "
+                                "uses all of them."),
+                io.Float.Input("threshold", default=0.3, min=0.0, max=1.0, step=0.01,
+                               tooltip="Cells whose normalised attention exceeds this are the subject (official 0.3)."),
+                io.Int.Input("blur_kernel_size", default=1, min=1, max=31, step=2,
+                             tooltip="Gaussian blur of the mask, kernel size in attention cells (odd; 1 = no blur, "
+                             "as the official code). Softens the mask's edge."),
+                io.Float.Input("blur_sigma", default=1.0, min=0.1, max=20.0, step=0.1,
+                               tooltip="Standard deviation of the Gaussian blur, in attention cells."),
+                io.Float.Input("centroid_sigma", default=5.0, min=0.0, max=100.0, step=0.5,
+                               tooltip="Reference masks only: weight the subject by a Gaussian of this width (cells) "
+                               "around its centre, the official 'blur' (5). 0 = plain mask."),
+                io.Int.Input("timestep", default=400, min=1, max=999,
+                             tooltip="Noise timestep at which the source is read (nearest inversion step, or the "
+                             "latent noised to it). Lower reads a cleaner clip."),
+                io.Int.Input("seed", default=2025, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                             tooltip="Seed of the noise added to 'latent' (not used with 'inversion')."),
+                InversionSocket.Input("inversion", optional=True, tooltip="Source: the reference clip's DDIM inversion."),
+                io.Latent.Input("latent", optional=True, tooltip="Source: the reference clip encoded by VAE Encode."),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="MASK", tooltip="The subject's weight per frame at image resolution "
+                               "(frames x H x W, 0..1): preview it or use it as any mask. Empty without a source."),
+                SubjectMaskSocket.Output(display_name="MOTIONCLONE_MASK", tooltip="For 'MotionClone: Semantic "
+                                         "Guidance' (reference_mask with a source, subject_mask without)."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, prompt, subject, threshold, blur_kernel_size, blur_sigma, centroid_sigma, timestep,
+                seed, inversion=None, latent=None) -> io.NodeOutput:
+        if motion_model_of(model) is None:
+            raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
+        if blur_kernel_size % 2 == 0:
+            raise MotionCloneError(f"'blur_kernel_size' must be odd, got {blur_kernel_size}; use {blur_kernel_size + 1}.")
+        words, positions = subject_token_positions(clip, prompt, subject)
+        mask = SubjectMask(words, prompt, positions, threshold, blur_kernel_size, blur_sigma, centroid_sigma)
+        if inversion is None and latent is None:
+            text = f"{mask.describe()}: connect it as 'subject_mask' of 'MotionClone: Semantic Guidance'."
+            return io.NodeOutput(torch.zeros(1, 64, 64), mask, ui=ui.PreviewText(text))
+        clip_latent, noise, state = _source_state(inversion, latent, timestep, seed, model)
+        conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        cross = read_model(model, clip_latent, conditioning, noise, [state], _read_cross_attention)[0]
+        foreground, background = mask.reference_weights(cross)
+        mask = SubjectMask(words, prompt, positions, threshold, blur_kernel_size, blur_sigma, centroid_sigma,
+                           foreground.cpu(), background.cpu())
+        image_size = (clip_latent.shape[-2] * 8, clip_latent.shape[-1] * 8)
+        preview = F.interpolate(foreground[:, None].float().cpu(), size=image_size, mode="bilinear").clamp(0, 1)[:, 0]
+        return io.NodeOutput(preview, mask, ui=ui.PreviewMask(preview, cls=cls))
+
+
+def _read_cross_attention(run, guider, x, sigma, options) -> list[torch.Tensor]:
+    """Cross-attention `(F, heads, h, w, T)` of up_blocks.1's three spatial transformers, forward stopped there."""
+    capture = new_capture(run, (), stop_early=True, key_blocks=("up_blocks.1",))
+    capture.cross_blocks = MASK_CROSS_BLOCKS
+    capture_forward(run, guider.inner_model, guider.conds["positive"], x, sigma, options, capture)
+    return [capture.cross_probs[block] for block in MASK_CROSS_BLOCKS]
+
+
+class SemanticGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MotionCloneSemanticGuidance",
+            display_name="MotionClone: Semantic Guidance",
+            category="MotionClone",
+            description="Location-aware semantic guidance (the paper's v1): keeps the new subject where the "
+            "reference subject moved, by pulling the video's temporal features under the reference subject's mask "
+            "towards those of an unguided video of the new prompt. Without masks: global mode (camera motion).",
+            inputs=[
+                io.Float.Input("weight_up_blocks_1", default=500.0, min=0.0, max=100000.0, step=10.0,
+                               tooltip="Semantic guidance weight on up_blocks.1 (official 500)."),
+                io.Float.Input("weight_up_blocks_2", default=0.0, min=0.0, max=100000.0, step=10.0,
+                               tooltip="Semantic guidance weight on up_blocks.2 (official 0; 200 in the 'walk' config)."),
+                SubjectMaskSocket.Input("reference_mask", optional=True, tooltip="The reference clip's subject: a "
+                                        "'Cross-Attention Mask' with a source."),
+                SubjectMaskSocket.Input("subject_mask", optional=True, tooltip="The new prompt's subject word: a "
+                                        "'Cross-Attention Mask' without a source."),
+            ],
+            outputs=[SemanticGuidanceSocket.Output(display_name="SEMANTIC_GUIDANCE", tooltip="For the "
+                                                   "'semantic_guidance' input of 'MotionClone Sampler' or 'MotionClone: Guidance'.")],
+        )
+
+    @classmethod
+    def execute(cls, weight_up_blocks_1, weight_up_blocks_2, reference_mask=None, subject_mask=None) -> io.NodeOutput:
+        settings = SemanticSettings(reference_mask, subject_mask,
+                                    (("up_blocks.1", weight_up_blocks_1), ("up_blocks.2", weight_up_blocks_2)))
+        mode = "global (no subject)" if settings.global_mode else f"{reference_mask.describe()} -> {subject_mask.describe()}"
+        return io.NodeOutput(settings, ui=ui.PreviewText(f"Semantic guidance: {mode}"))
+
+
+NODES = [CrossAttentionMask, SemanticGuidance]
