@@ -167,7 +167,9 @@ def centroid_gaussian(mask: torch.Tensor, sigma: float) -> torch.Tensor:
     safe_count = count.clamp_min(1.0)  # empty frames are zeroed below; this only avoids 0/0
     centre_y = (weights.sum(dim=2) * rows).sum(dim=1) / safe_count
     centre_x = (weights.sum(dim=1) * columns).sum(dim=1) / safe_count
-    squared_distance = (rows.view(1, -1, 1) - centre_y.view(-1, 1, 1)) ** 2 + (columns.view(1, 1, -1) - centre_x.view(-1, 1, 1)) ** 2
+    squared_distance = (rows.view(1, -1, 1) - centre_y.view(-1, 1, 1)) ** 2 + (
+        columns.view(1, 1, -1) - centre_x.view(-1, 1, 1)
+    ) ** 2
     bump = torch.exp(-squared_distance / (2.0 * float(sigma) ** 2))
     bump = torch.where(count.view(-1, 1, 1) > 0, bump, torch.zeros_like(bump))
     return bump.to(_float_dtype(mask))
