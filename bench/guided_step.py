@@ -163,7 +163,8 @@ def main():
 
         sigmas, _ = sampler_nodes.motionclone_sigmas(model, STEPS, GUIDED, 0.3)
         sampler = guided_sampling.motionclone_ksampler(
-            representation, motionclone.GuidanceRamp(2000.0, GUIDED, 0, 0), motionclone.GuidanceLog())
+            guided_sampling.Guidance(representation),
+            motionclone.CombinedWeights(motionclone.GuidanceRamp(2000.0, GUIDED, 0, 0)), motionclone.GuidanceLog())
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             comfy.sample.sample_custom(model, noise, 8.5, sampler, sigmas, conditioning, negative, latent,
                                        callback=callback, disable_pbar=True, seed=0)

@@ -170,7 +170,8 @@ class _StepLoss:
         if self.appearance is not None:
             weighted, reported = semantic_losses(capture, self.appearance, self.guidance.semantic, self.run, self.frames)
             self.losses["semantic"] = reported.detach()
-            total = total + self.semantic_scale * weighted
+            if weighted is not None:
+                total = total + self.semantic_scale * weighted
         return total
 
 

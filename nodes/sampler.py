@@ -8,11 +8,11 @@ import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
-from ..motionclone import GuidanceLog, GuidanceRamp, motionclone_timesteps, resolve_guided_steps
+from ..motionclone import CombinedWeights, GuidanceLog, GuidanceRamp, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
-from .guided_sampling import MotionGuidanceWrapper, check_fits, motionclone_ksampler
+from .guided_sampling import Guidance, MotionGuidanceWrapper, check_fits, motionclone_ksampler
 from .patching import apply_motion_guidance, motion_model_of
-from .types import MotionSocket
+from .types import MotionSocket, SemanticGuidanceSocket
 
 CFG_TOOLTIP = ("Classifier-free guidance in ComfyUI's convention: uncond + cfg * (cond - uncond). The official "
                "code writes cond + s * (cond - uncond), so its cfg_scale 7.5 is cfg 8.5 here (cfg = s + 1).")
@@ -37,6 +37,13 @@ def _ramp_inputs() -> list:
         io.Int.Input("cool_down_steps", default=10, min=0, max=1000,
                      tooltip="The guidance weight falls linearly to 0 over the last this many guided steps (official 10)."),
     ]
+
+
+def _semantic_input() -> io.Input:
+    return SemanticGuidanceSocket.Input(
+        "semantic_guidance", optional=True, tooltip="From 'MotionClone: Semantic Guidance': keeps the new subject "
+        "where the reference subject moved (adds an unguided appearance video: about 2 more UNet passes per guided "
+        "step). Unconnected: motion guidance only.")
 
 
 def _schedule_inputs() -> list:
@@ -82,13 +89,14 @@ class MotionCloneSampler(io.ComfyNode):
                 MotionSocket.Input("motion", tooltip="From 'Extract Motion' or 'Load Motion'."),
                 _weight_input(),
                 *_ramp_inputs(),
+                _semantic_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The generated video latents (decode with VAE Decode).")],
         )
 
     @classmethod
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
-                motion, motion_weight, warm_up_steps, cool_down_steps) -> io.NodeOutput:
+                motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None) -> io.NodeOutput:
         if motion_model_of(model) is None:
             raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
         if latent_image.get("noise_mask") is not None:
@@ -97,21 +105,27 @@ class MotionCloneSampler(io.ComfyNode):
         check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
         sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
         log = GuidanceLog()
-        sampler = motionclone_ksampler(motion, GuidanceRamp(motion_weight, guided, warm_up_steps, cool_down_steps), log)
+        semantic_on = semantic_guidance is not None and semantic_guidance.active
+        weights = CombinedWeights(GuidanceRamp(motion_weight, guided, warm_up_steps, cool_down_steps), float(semantic_on))
+        sampler = motionclone_ksampler(Guidance(motion, semantic_guidance), weights, log)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
         out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
                                          callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         result = latent_image.copy()
         result["samples"] = out
-        return io.NodeOutput(result, ui={"text": [_loss_summary(log.losses, motion_weight)], "motion_loss": log.losses})
+        summary = [_loss_summary("Motion", log.of("motion"), motion_weight > 0)]
+        if semantic_guidance is not None:
+            summary.append(_loss_summary("Semantic", log.of("semantic"), semantic_on))
+        return io.NodeOutput(result, ui={"text": ["\n".join(summary)], "motion_loss": log.of("motion"),
+                                         "semantic_loss": log.of("semantic")})
 
 
-def _loss_summary(losses: list[float], weight: float) -> str:
+def _loss_summary(name: str, losses: list[float], guided: bool) -> str:
     if not losses:
         return "No guided step ran."
-    kind = "guided" if weight > 0 else "unguided (weight 0), measured only"
-    return (f"Motion loss over {len(losses)} guided steps ({kind}): first {losses[0]:.5f}, "
+    kind = "guided" if guided else "unguided (weight 0), measured only"
+    return (f"{name} loss over {len(losses)} guided steps ({kind}): first {losses[0]:.5f}, "
             f"min {min(losses):.5f}, last {losses[-1]:.5f}")
 
 
@@ -150,13 +164,16 @@ class MotionCloneGuidance(io.ComfyNode):
                 _weight_input(),
                 _fraction_input(),
                 *_ramp_inputs(),
+                _semantic_input(),
             ],
             outputs=[io.Model.Output(tooltip="The MODEL with motion guidance; sample latents of the MOTION's size.")],
         )
 
     @classmethod
-    def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps) -> io.NodeOutput:
-        wrapper = MotionGuidanceWrapper(motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps)
+    def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
+                semantic_guidance=None) -> io.NodeOutput:
+        wrapper = MotionGuidanceWrapper(Guidance(motion, semantic_guidance), motion_weight, guided_fraction, warm_up_steps,
+                                        cool_down_steps)
         return io.NodeOutput(apply_motion_guidance(model, wrapper))
 
 

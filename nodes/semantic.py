@@ -17,8 +17,8 @@ import comfy.samplers
 import torch
 
 from ..motionclone import AttentionCapture, MotionCloneError, euler_step
-from ..motionclone.masks import keys_to_frame_major, upsample_weights
-from ..motionclone.semantic import semantic_loss
+from ..motionclone.masks import upsample_weights
+from ..motionclone.semantic import keys_to_frame_major, semantic_loss
 from ..motionclone.subject import SEMANTIC_BLOCKS, SemanticSettings
 from .autograd import capture_forward
 from .patching import SamplingRun
@@ -79,18 +79,19 @@ def appearance_targets(run: SamplingRun, guider, x: torch.Tensor, sigma: torch.T
 
 
 def semantic_losses(capture: AttentionCapture, targets: AppearanceTargets, settings: SemanticSettings,
-                    run: SamplingRun, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    run: SamplingRun, frames: int) -> tuple[torch.Tensor | None, torch.Tensor]:
     """`(weighted, reported)` semantic losses of the generated video's keys in `capture` (spec §5.2 "Total").
 
     weighted: `sum_m w_block(m) * L_m / n`, n = the number of layers of up_blocks.1 and .2 (the official
-    mean over the listed layers, weights [500, 0]); reported: the mean of `L_m` over the measured layers.
+    mean over the listed layers, weights [500, 0]), None when every weight is 0; reported: the mean of `L_m`
+    over the measured layers.
     """
     measured = run.motion_model.attention_layer_names(settings.measured_blocks)
     generated = {layer: _frame_major(capture.keys[layer], frames) for layer in measured}
     appearance = {layer: targets.keys[layer] for layer in measured}
     layer_count = len(run.motion_model.attention_layer_names(SEMANTIC_BLOCKS))
     weights = {layer: settings.weight_of(_block_of(layer)) for layer in measured}
-    weighted = semantic_loss(generated, appearance, weights, layer_count, targets.masks)
+    weighted = semantic_loss(generated, appearance, weights, layer_count, targets.masks) if settings.active else None
     reported = semantic_loss(generated, appearance, dict.fromkeys(measured, 1.0), len(measured), targets.masks)
     return weighted, reported
 
