@@ -88,11 +88,14 @@ def semantic_losses(capture: AttentionCapture, targets: AppearanceTargets, setti
     """
     measured = run.motion_model.attention_layer_names(settings.measured_blocks)
     generated = {layer: _frame_major(capture.keys[layer], frames) for layer in measured}
-    appearance = {layer: targets.keys[layer] for layer in measured}
+    # Targets made under ComfyUI's inference mode cannot be saved for backward: ordinary copies (the caller
+    # runs this with inference mode off).
+    appearance = {layer: targets.keys[layer].clone() for layer in measured}
+    masks = None if targets.masks is None else {layer: tuple(m.clone() for m in maps) for layer, maps in targets.masks.items()}
     layer_count = len(run.motion_model.attention_layer_names(SEMANTIC_BLOCKS))
     weights = {layer: settings.weight_of(_block_of(layer)) for layer in measured}
-    weighted = semantic_loss(generated, appearance, weights, layer_count, targets.masks) if settings.active else None
-    reported = semantic_loss(generated, appearance, dict.fromkeys(measured, 1.0), len(measured), targets.masks)
+    weighted = semantic_loss(generated, appearance, weights, layer_count, masks) if settings.active else None
+    reported = semantic_loss(generated, appearance, dict.fromkeys(measured, 1.0), len(measured), masks)
     return weighted, reported
 
 

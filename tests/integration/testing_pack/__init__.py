@@ -58,18 +58,21 @@ class TinySD15:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})},
-                "optional": {"architecture": (["SD15", "SD20"],)}}
+                "optional": {"architecture": (["SD15", "SD20"],), "output_scale": ("FLOAT", {"default": 1.0})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, seed, architecture="SD15"):
+    def build(self, seed, architecture="SD15", output_scale=1.0):
         config_class = {"SD15": comfy.supported_models.SD15, "SD20": comfy.supported_models.SD20}[architecture]
         config = config_class(dict(TINY_UNET))
         config.set_inference_dtype(torch.float32, None)
         model = config.get_model({})
         weights = _seeded_weights(model.diffusion_model, seed)
+        # A random UNet is no denoiser: its eps swings wildly with the input. Scaling the output layer down
+        # gives a smooth eps, for tests whose numbers need a well-behaved ODE (inversion round trips).
+        weights = {k: v * output_scale if k.startswith("out.2.") else v for k, v in weights.items()}
         model.load_model_weights({f"model.diffusion_model.{k}": v for k, v in weights.items()}, "model.diffusion_model.")
         patcher = comfy.model_patcher.ModelPatcher(
             model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
@@ -103,6 +106,21 @@ class SaveLatentTo:
 
     def save(self, samples, path):
         safetensors.torch.save_file({"samples": samples["samples"].contiguous()}, path)
+        return ()
+
+
+class SaveMaskTo:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"mask": ("MASK",), "path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    CATEGORY = "testing"
+
+    def save(self, mask, path):
+        safetensors.torch.save_file({"mask": mask.contiguous()}, path)
         return ()
 
 
@@ -216,6 +234,37 @@ class TinyVAE:
         return (comfy.sd.VAE(sd=state),)
 
 
+class TinyCLIP:
+    """ComfyUI's SD1.5 CLIP (real tokenizer, `SDClipModel`) with a 2-layer, 64-wide text transformer."""
+
+    CONFIG = {"hidden_size": TINY_CONTEXT_DIM, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2,
+              "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
+              "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1, "projection_dim": TINY_CONTEXT_DIM}
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, seed):
+        import functools
+
+        import comfy.sd
+        import comfy.sd1_clip
+
+        class Target:
+            params = {"clip_model": functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(self.CONFIG))}
+            clip = comfy.sd1_clip.SD1ClipModel
+            tokenizer = comfy.sd1_clip.SD1Tokenizer
+
+        clip = comfy.sd.CLIP(Target())
+        clip.cond_stage_model.load_state_dict(_seeded_weights(clip.cond_stage_model, seed))
+        return (clip,)
+
+
 class MotionLossProbe:
     """PREDICT_NOISE wrapper recording, at every prediction, sigma and the motion loss of the input latent."""
 
@@ -312,9 +361,11 @@ NODE_CLASS_MAPPINGS = {
     "MotionCloneTestTinySD15": TinySD15,
     "MotionCloneTestRandomConditioning": RandomConditioning,
     "MotionCloneTestSaveLatent": SaveLatentTo,
+    "MotionCloneTestSaveMask": SaveMaskTo,
     "MotionCloneTestGradientProbe": GradientProbe,
     "MotionCloneTestMovingSquare": MovingSquare,
     "MotionCloneTestTinyVAE": TinyVAE,
+    "MotionCloneTestTinyCLIP": TinyCLIP,
     "MotionCloneTestMotionLossProbe": MotionLossProbe,
     "MotionCloneTestInterruptAtCall": InterruptAtCall,
     "MotionCloneTestGraphProbe": GraphProbe,
