@@ -59,6 +59,19 @@ def check_fits(representation: MotionRepresentation, frames: int, latent_height:
     )
 
 
+def check_schedule(representation: MotionRepresentation, guided_timesteps: tuple[int, ...]) -> None:
+    """Raise `MotionMismatchError` unless a per-timestep MOTION holds exactly these guided timesteps."""
+    stamps = representation.metadata.timesteps
+    if not stamps or tuple(stamps) == tuple(guided_timesteps):
+        return
+    raise MotionMismatchError(
+        f"The MOTION comes from a DDIM inversion and holds entries for {len(stamps)} guided timesteps "
+        f"(t={stamps[0]}..{stamps[-1]}), but this sampler guides {len(guided_timesteps)} steps "
+        f"(t={guided_timesteps[0]}..{guided_timesteps[-1]}). Give 'Extract Motion' the same steps, guided_steps and "
+        "guided_fraction as the sampler."
+    )
+
+
 def _check_run(representation: MotionRepresentation, run: SamplingRun, x: torch.Tensor) -> None:
     check_fits(representation, x.shape[0], x.shape[-2], x.shape[-1])
     first_use = not run.has_motion_targets(representation, x.device)

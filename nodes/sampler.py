@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..motionclone import CombinedWeights, GuidanceLog, GuidanceRamp, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
-from .guided_sampling import Guidance, MotionGuidanceWrapper, check_fits, motionclone_ksampler
+from .guided_sampling import Guidance, MotionGuidanceWrapper, check_fits, check_schedule, motionclone_ksampler
 from .patching import apply_motion_guidance, motion_model_of
 from .types import MotionSocket, SemanticGuidanceSocket
 
@@ -104,6 +104,7 @@ class MotionCloneSampler(io.ComfyNode):
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
         sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
+        check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
         log = GuidanceLog()
         semantic_on = semantic_guidance is not None and semantic_guidance.active
         weights = CombinedWeights(GuidanceRamp(motion_weight, guided, warm_up_steps, cool_down_steps), float(semantic_on))

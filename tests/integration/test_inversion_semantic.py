@@ -90,5 +90,30 @@ def test_motion_from_an_inversion_needs_the_samplers_schedule(comfyui, tmp_path)
     outputs = comfyui.run_prompt(prompt)
     assert len(outputs["sample"]["motion_loss"]) == 3
     prompt["extract"]["inputs"]["guided_steps"] = 4
-    with pytest.raises(PromptFailed, match=r"holds entries for 3 guided timesteps.*same steps, guided_steps"):
+    with pytest.raises(PromptFailed, match=r"holds entries for 4 guided timesteps \(t=999..700\), but this sampler guides 3.*same steps, guided_steps"):
         comfyui.run_prompt(prompt)
+
+
+def test_guidance_patch_takes_semantic_guidance_with_a_stock_ksampler(comfyui, tmp_path):
+    outputs = {}
+    for name, semantic in (("with", True), ("without", False)):
+        prompt = semantic_prompt(str(tmp_path / f"{name}.safetensors"), semantic_weight=1000.0, semantic=semantic,
+                                 subjects=True, motion_weight=0.0)
+        prompt["guidance"] = {"class_type": "MotionCloneGuidance", "inputs": {
+            "model": prompt["sample"]["inputs"]["model"], "motion": ["extract", 0], "motion_weight": 0.0,
+            "guided_fraction": 0.3, "warm_up_steps": 1, "cool_down_steps": 1,
+            **({"semantic_guidance": ["semantic", 0]} if semantic else {})}}
+        prompt["sample"] = {"class_type": "SamplerCustom", "inputs": {
+            "model": ["guidance", 0], "add_noise": True, "noise_seed": 5, "cfg": 8.5, "positive": ["new_text", 0],
+            "negative": ["negative_text", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0], "latent_image": ["empty", 0]}}
+        prompt["select"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
+        prompt["schedule"] = {"class_type": "MotionCloneScheduler", "inputs": {
+            "model": ["apply", 0], "steps": 6, "guided_steps": 3, "guided_fraction": 0.3}}
+        comfyui.run_prompt(prompt)
+        outputs[name] = _load(tmp_path / f"{name}.safetensors")
+    effect = (outputs["with"] - outputs["without"]).abs().max()
+    assert effect > 1e-3  # the semantic term moved the latent
+    sampler_path = tmp_path / "sampler.safetensors"
+    comfyui.run_prompt(semantic_prompt(str(sampler_path), semantic_weight=1000.0, motion_weight=0.0))
+    # With ddim over MotionClone's schedule the patch takes the sampler's guided steps exactly.
+    assert (outputs["with"] - _load(sampler_path)).abs().max() < 1e-3 * effect
