@@ -9,8 +9,9 @@ import safetensors.torch
 import torch
 
 from comfy_harness import find_comfyui, start_comfyui
+from comfy_server import install_pack, running_server
+from model_files import place_model_files
 from tiny_models import tiny_motion_state_dict
-
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,3 +34,13 @@ def comfyui(tmp_path_factory):
         safetensors.torch.save_file(state, os.path.join(folder, name))
     torch.save(tiny_motion_state_dict("v2", seed=12), os.path.join(folder, "tiny_v2.ckpt"))
     return comfy
+
+
+@pytest.fixture(scope="session")
+def server(comfyui, tmp_path_factory):
+    """The same ComfyUI's main.py serving HTTP, the pack in its custom_nodes/, every file of MODEL_FILES in place."""
+    base = tmp_path_factory.mktemp("server")
+    install_pack(base)
+    place_model_files(base, tmp_path_factory.mktemp("model_files"))
+    with running_server(comfyui.root, base) as running:
+        yield running

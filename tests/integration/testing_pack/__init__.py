@@ -38,7 +38,8 @@ TINY_UNET = {
 }
 
 
-def _seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+    """Random weights for `model`'s state dict, scaled by fan-in (ComfyUI's ops leave weights uninitialised)."""
     generator = torch.Generator().manual_seed(seed)
     state = {}
     for key, value in model.state_dict().items():
@@ -69,7 +70,7 @@ class TinySD15:
         config = config_class(dict(TINY_UNET))
         config.set_inference_dtype(torch.float32, None)
         model = config.get_model({})
-        weights = _seeded_weights(model.diffusion_model, seed)
+        weights = seeded_weights(model.diffusion_model, seed)
         # A random UNet is no denoiser: its eps swings wildly with the input. Scaling the output layer down
         # gives a smooth eps, for tests whose numbers need a well-behaved ODE (inversion round trips).
         weights = {k: v * output_scale if k.startswith("out.2.") else v for k, v in weights.items()}
@@ -227,11 +228,17 @@ class TinyVAE:
 
     def build(self, seed):
         import comfy.sd
-        import comfy.taesd.taesd
 
-        state = _seeded_weights(comfy.taesd.taesd.TAESD(), seed)  # ComfyUI's ops leave weights uninitialised
-        state.update({"vae_scale": torch.tensor(1.0), "vae_shift": torch.tensor(0.0)})
-        return (comfy.sd.VAE(sd=state),)
+        return (comfy.sd.VAE(sd=tiny_taesd_state(seed)),)
+
+
+def tiny_taesd_state(seed: int) -> dict[str, torch.Tensor]:
+    """A TAESD state dict with random weights, in the layout ComfyUI's VAE class recognises as TAESD."""
+    import comfy.taesd.taesd
+
+    state = seeded_weights(comfy.taesd.taesd.TAESD(), seed)
+    state.update({"vae_scale": torch.tensor(1.0), "vae_shift": torch.tensor(0.0)})
+    return state
 
 
 class TinyCLIP:
@@ -261,7 +268,7 @@ class TinyCLIP:
             tokenizer = comfy.sd1_clip.SD1Tokenizer
 
         clip = comfy.sd.CLIP(Target())
-        clip.cond_stage_model.load_state_dict(_seeded_weights(clip.cond_stage_model, seed))
+        clip.cond_stage_model.load_state_dict(seeded_weights(clip.cond_stage_model, seed))
         return (clip,)
 
 

@@ -1,0 +1,182 @@
+"""The pack's UI-format workflows, checked against live node definitions and converted to API prompts.
+
+A UI workflow (what drag-and-drop and the template browser load) stores widget values by position, in
+the order the frontend creates widgets from `/object_info`: each widget input in `input_order`, plus the
+frontend's own entries (a "control after generate" combo after seed-like INTs, an upload button after
+combos with an upload option). ComfyUI's backend has no converter, so the tests carry this one; the
+browser tests check it against the frontend's own conversion.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from comfy_harness import PACK_ROOT
+
+WORKFLOWS_DIR = Path(PACK_ROOT) / "workflows"
+FRONTEND_ONLY_NODES = {"Note", "MarkdownNote"}  # exist only in the frontend; never sent to the server
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+
+
+def workflow_paths() -> list[Path]:
+    return sorted(WORKFLOWS_DIR.glob("*.json"))
+
+
+def load_workflow(path: Path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+@dataclass(frozen=True)
+class Widget:
+    name: str
+    kind: str  # "value" (sent to the server), "control" (after-generate mode) or "upload" (upload button)
+    spec: tuple = ()
+
+
+def _input_specs(info: dict) -> list[tuple[str, list]]:
+    specs = []
+    for section in ("required", "optional"):
+        declared = info["input"].get(section, {})
+        for name in info.get("input_order", {}).get(section, list(declared)):
+            specs.append((name, declared[name]))
+    return specs
+
+
+def _is_widget(spec: list) -> bool:
+    options = spec[1] if len(spec) > 1 else {}
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
+
+
+def widget_layout(info: dict) -> list[Widget]:
+    """The entries of a node's `widgets_values`, in order, as the frontend writes them."""
+    layout = []
+    for name, spec in _input_specs(info):
+        if not _is_widget(spec):
+            continue
+        options = spec[1] if len(spec) > 1 else {}
+        layout.append(Widget(name, "value", tuple(spec)))
+        # The frontend's rule: an explicit control_after_generate decides; without one, seed names get it.
+        if spec[0] == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
+            layout.append(Widget("control_after_generate", "control"))
+        if any(key.endswith("_upload") and flag for key, flag in options.items()):
+            layout.append(Widget("upload", "upload"))
+    return layout
+
+
+def combo_options(spec: tuple) -> list:
+    return spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+
+
+def _value_problem(widget: Widget, value) -> str | None:
+    if widget.kind == "control":
+        return None if value in CONTROL_VALUES else f"must be one of {CONTROL_VALUES}"
+    if widget.kind == "upload":
+        return None if isinstance(value, str) else "must be a string"
+    kind, options = widget.spec[0], widget.spec[1] if len(widget.spec) > 1 else {}
+    if isinstance(kind, list) or kind == "COMBO":
+        choices = combo_options(widget.spec)
+        return None if value in choices else f"is not in the list {choices[:8]}{' ...' if len(choices) > 8 else ''}"
+    expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}[kind]
+    if not isinstance(value, expected) or (kind != "BOOLEAN" and isinstance(value, bool)):
+        return f"must be {kind}"
+    if "min" in options and value < options["min"]:
+        return f"is below the minimum {options['min']}"
+    if "max" in options and value > options["max"]:
+        return f"is above the maximum {options['max']}"
+    return None
+
+
+def _types_match(a: str, b: str) -> bool:
+    if "*" in (a, b):
+        return True
+    return bool(set(a.split(",")) & set(b.split(",")))
+
+
+def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
+    """Every problem that would break the workflow in the frontend or on queueing; empty when it is sound."""
+    problems = []
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+
+    def label(node) -> str:
+        return f"node {node['id']} ({node['type']})"
+
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY_NODES:
+            continue
+        info = object_info.get(node["type"])
+        if info is None:
+            problems.append(f"{label(node)}: no such node type on this ComfyUI (missing node pack?)")
+            continue
+        declared = dict(_input_specs(info))
+        linked = {socket["name"] for socket in node.get("inputs", []) if socket.get("link") is not None}
+        for socket in node.get("inputs", []):
+            if socket["name"] not in declared:
+                problems.append(f"{label(node)}: input '{socket['name']}' does not exist (inputs: {', '.join(declared)})")
+        for name, spec in info["input"].get("required", {}).items():
+            if not _is_widget(spec) and name not in linked:
+                problems.append(f"{label(node)}: required input '{name}' is not connected")
+        layout, values = widget_layout(info), node.get("widgets_values", [])
+        if not isinstance(values, list) or len(values) != len(layout):
+            names = ", ".join(w.name for w in layout)
+            count = len(values) if isinstance(values, list) else "non-list"
+            problems.append(f"{label(node)}: {count} widget values for {len(layout)} widgets ({names}); "
+                            "the workflow is stale for this node's inputs")
+            continue
+        for widget, value in zip(layout, values):
+            problem = None if widget.name in linked else _value_problem(widget, value)
+            if problem:
+                problems.append(f"{label(node)}: widget '{widget.name}' = {value!r} {problem}")
+
+    for link_id, origin_id, origin_slot, target_id, target_slot, link_type in workflow["links"]:
+        origin, target = nodes.get(origin_id), nodes.get(target_id)
+        if origin is None or target is None:
+            problems.append(f"link {link_id}: connects missing node {origin_id if origin is None else target_id}")
+            continue
+        origin_info, target_info = object_info.get(origin["type"]), object_info.get(target["type"])
+        if origin_info is None or target_info is None:
+            continue  # already reported as a missing node type
+        if origin_slot >= len(origin_info["output"]):
+            problems.append(f"link {link_id}: {label(origin)} has no output {origin_slot}")
+            continue
+        socket = target.get("inputs", [])[target_slot] if target_slot < len(target.get("inputs", [])) else None
+        if socket is None or socket.get("link") != link_id:
+            problems.append(f"link {link_id}: {label(target)} input {target_slot} does not hold this link")
+            continue
+        if link_id not in (origin.get("outputs", [])[origin_slot].get("links") or []):
+            problems.append(f"link {link_id}: {label(origin)} output {origin_slot} does not list this link")
+        output_type = origin_info["output"][origin_slot]
+        spec = dict(_input_specs(target_info)).get(socket["name"])
+        input_type = "COMBO" if spec is None or isinstance(spec[0], list) else spec[0]
+        for declared_type in (link_type, input_type):
+            if not _types_match(output_type, declared_type):
+                problems.append(f"link {link_id}: {label(origin)} output {output_type} -> {label(target)} "
+                                f"input '{socket['name']}' ({declared_type})")
+    return problems
+
+
+def named_widget_values(node: dict, object_info: dict) -> dict:
+    """The values a node sends to the server, by input name (frontend-only entries left out)."""
+    layout = widget_layout(object_info[node["type"]])
+    return {w.name: value for w, value in zip(layout, node.get("widgets_values", [])) if w.kind == "value"}
+
+
+def to_api_prompt(workflow: dict, object_info: dict) -> dict:
+    """The API-format prompt the frontend queues for `workflow` (active nodes only; notes dropped)."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_ONLY_NODES:
+            continue
+        if node.get("mode", 0) != 0:
+            raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; the converter handles active nodes only")
+        inputs = named_widget_values(node, object_info)
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, origin_id, origin_slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(origin_id), origin_slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
