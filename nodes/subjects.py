@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-from ..motionclone import MotionCloneError
+from ..motionclone import AttentionCapture, MotionCloneError
 from ..motionclone.subject import SemanticSettings, SubjectMask, find_token_positions
-from .autograd import capture_forward, new_capture
+from .autograd import capture_forward
 from .guided_sampling import read_model
 from .patching import motion_model_of
 from .semantic import MASK_CROSS_BLOCKS
@@ -117,8 +117,8 @@ class CrossAttentionMask(io.ComfyNode):
 
 def _read_cross_attention(run, guider, x, sigma, options) -> list[torch.Tensor]:
     """Cross-attention `(F, heads, h, w, T)` of up_blocks.1's three spatial transformers, forward stopped there."""
-    capture = new_capture(run, (), stop_early=True, key_blocks=("up_blocks.1",))
-    capture.cross_blocks = MASK_CROSS_BLOCKS
+    last_module = run.motion_model.last_module_in(("up_blocks.1",))
+    capture = AttentionCapture((), stop_after=last_module, cross_blocks=MASK_CROSS_BLOCKS)
     capture_forward(run, guider.inner_model, guider.conds["positive"], x, sigma, options, capture)
     return [capture.cross_probs[block] for block in MASK_CROSS_BLOCKS]
 
