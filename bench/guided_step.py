@@ -80,7 +80,7 @@ def build(args, comfy_modules):
     import comfy.model_patcher
     import comfy.supported_models
     import torch
-    from testing_pack import TINY_UNET, _seeded_weights
+    from testing_pack import TINY_UNET, seeded_weights
 
     patching, motionclone = comfy_modules
     unet_config = dict(SD15_UNET if args.full_size else TINY_UNET)
@@ -88,7 +88,7 @@ def build(args, comfy_modules):
     dtype = torch.float16 if args.cuda else torch.float32
     config.set_inference_dtype(dtype, None)
     model = config.get_model({})
-    weights = _seeded_weights(model.diffusion_model, 0)
+    weights = seeded_weights(model.diffusion_model, 0)
     model.load_model_weights({f"model.diffusion_model.{k}": v for k, v in weights.items()}, "model.diffusion_model.")
     del weights
     patcher = comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
