@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from comfy_harness import PACK_ROOT
+from comfy_server import PACK_FOLDER_NAME
 from workflows import CPU_OVERRIDES, load_workflow, to_api_prompt, with_cpu_overrides, workflow_paths
 
 pytestmark = pytest.mark.browser
@@ -75,6 +76,14 @@ def _wait_until_idle(page) -> None:
         page.wait_for_timeout(500)
 
 
+def _screenshot(page, server, name: str) -> Path:
+    version = server.get("/system_stats")["system"]["comfyui_version"]
+    path = ARTIFACTS / f"comfyui-{version}" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+    return path
+
+
 def _frontend_prompt(page, object_info: dict) -> dict:
     """The API prompt the frontend queues, less values of its display-only widgets (LoadVideo's "video-preview"),
     which the server ignores as they are no inputs of the node."""
@@ -111,12 +120,21 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
     page.wait_for_function("() => window.__motionclone_run !== null || document.querySelector('.p-dialog') !== null",
                            timeout=300_000)
     page.wait_for_timeout(1000)  # let the output previews render for the screenshot
-    version = server.get("/system_stats")["system"]["comfyui_version"]
-    screenshot = ARTIFACTS / f"comfyui-{version}" / f"{name}.png"
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(screenshot))
+    screenshot = _screenshot(page, server, name)
     run = page.evaluate("() => window.__motionclone_run")
     assert run and run["kind"] == "execution_success", f"{run}; dialogs: {page.evaluate(OPEN_DIALOGS)}; see {screenshot}"
     assert page.evaluate(OPEN_DIALOGS) == [], f"a dialog opened while running; see {screenshot}"
     assert page.uncaught_errors == [], page.uncaught_errors
     assert server.get(f"/history/{run['detail']['prompt_id']}")[run["detail"]["prompt_id"]]["status"]["status_str"] == "success"
+
+
+def test_template_browser_offers_every_workflow_and_opens_it(server, page):
+    page.get_by_role("button", name="Templates").first.click()
+    page.get_by_text(PACK_FOLDER_NAME, exact=True).first.wait_for(timeout=30_000)
+    for name in WORKFLOWS:
+        page.get_by_text(name, exact=True).first.wait_for(timeout=10_000)
+    _screenshot(page, server, "template_browser")
+    first = next(iter(WORKFLOWS))
+    page.get_by_text(first, exact=True).first.click()
+    page.wait_for_function("(count) => app.graph.nodes.length === count", arg=len(load_workflow(WORKFLOWS[first])["nodes"]),
+                           timeout=30_000)
