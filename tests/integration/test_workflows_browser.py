@@ -15,7 +15,7 @@ import pytest
 
 from comfy_harness import PACK_ROOT
 from comfy_server import PACK_FOLDER_NAME
-from workflows import CPU_OVERRIDES, load_workflow, to_api_prompt, with_cpu_overrides, workflow_paths
+from workflows import CPU_OVERRIDES, load_workflow, to_api_prompt, validate_workflow, with_cpu_overrides, workflow_paths
 
 pytestmark = pytest.mark.browser
 
@@ -108,7 +108,9 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
     unknown = page.evaluate("() => app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type)")
     assert unknown == [], f"node types the frontend does not know: {unknown}"
 
-    loaded = {node["id"]: node.get("widgets_values") for node in page.evaluate("() => app.graph.serialize()")["nodes"]}
+    saved = page.evaluate("() => app.graph.serialize()")  # what Workflow -> Save would write
+    assert validate_workflow(saved, object_info) == [], "the workflow as the frontend saves it fails validation"
+    loaded = {node["id"]: node.get("widgets_values") for node in saved["nodes"]}
     for node in workflow["nodes"]:
         assert loaded[node["id"]] == node["widgets_values"], f"node {node['id']} ({node['type']}): the frontend reads its widgets differently"
     assert _frontend_prompt(page, object_info) == to_api_prompt(workflow, object_info), "the frontend queues another prompt than the tests' converter"

@@ -119,14 +119,14 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
             problems.append(f"{label(node)}: no such node type on this ComfyUI (missing node pack?)")
             continue
         declared = dict(_input_specs(info))
+        layout, values = widget_layout(info), node.get("widgets_values", [])
         linked = {socket["name"] for socket in node.get("inputs", []) if socket.get("link") is not None}
-        for socket in node.get("inputs", []):
-            if socket["name"] not in declared:
+        for socket in node.get("inputs", []):  # the frontend saves a socket per widget, its own ones included
+            if socket["name"] not in declared and socket["name"] not in {w.name for w in layout}:
                 problems.append(f"{label(node)}: input '{socket['name']}' does not exist (inputs: {', '.join(declared)})")
         for name, spec in info["input"].get("required", {}).items():
             if not _is_widget(spec) and name not in linked:
                 problems.append(f"{label(node)}: required input '{name}' is not connected")
-        layout, values = widget_layout(info), node.get("widgets_values", [])
         if not isinstance(values, list) or len(values) != len(layout):
             names = ", ".join(w.name for w in layout)
             count = len(values) if isinstance(values, list) else "non-list"
