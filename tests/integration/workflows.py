@@ -130,8 +130,8 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
         if not isinstance(values, list) or len(values) != len(layout):
             names = ", ".join(w.name for w in layout)
             count = len(values) if isinstance(values, list) else "non-list"
-            problems.append(f"{label(node)}: {count} widget values for {len(layout)} widgets ({names}); "
-                            "the workflow is stale for this node's inputs")
+            problems.append(f"{label(node)}: {count} widget values for {len(layout)} widgets ({names}); the workflow "
+                            "is stale for this node's inputs: load it in ComfyUI, check the values, and save it again")
             continue
         for widget, value in zip(layout, values):
             problem = None if widget.name in linked else _value_problem(widget, value)
