@@ -31,7 +31,7 @@ OFFICIAL = {
     ("MotionCloneSampler", "warm_up_steps"): {10}, ("MotionCloneSampler", "cool_down_steps"): {10},
     ("MotionCloneGuidance", "warm_up_steps"): {10}, ("MotionCloneGuidance", "cool_down_steps"): {10},
 }
-OFFICIAL_SCHEDULES = {(100, 50, 0.3), (300, 180, 0.4)}  # t2v_camera, t2v_object: steps, guided steps, fraction
+OFFICIAL_SCHEDULES = {(100, 50, 0.3), (300, 180, 0.4)}  # t2v_camera, t2v_object (v2): steps, guided steps, fraction
 
 WORKFLOWS = workflow_paths()
 
