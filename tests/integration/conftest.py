@@ -44,3 +44,9 @@ def server(comfyui, tmp_path_factory):
     place_model_files(base, tmp_path_factory.mktemp("model_files"))
     with running_server(comfyui.root, base) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def object_info(server) -> dict:
+    """The live node definitions of the server, as the frontend reads them."""
+    return server.get("/object_info")

@@ -187,6 +187,8 @@ def test_comfyui_reads_the_pyproject(comfyui):
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "MotionClone"
     assert config.project.supported_comfyui_version == ">=0.3.64"
     assert config.tool_comfy.icon.endswith("icon.svg")
+    assert config.tool_comfy.includes == ["workflows"]
+    assert [m.location for m in config.tool_comfy.models] == ["/animatediff_models/v3_sd15_mm.ckpt"]
 
 
 def test_modules_are_injected_where_animatediff_puts_them_and_ejected_after(comfyui):

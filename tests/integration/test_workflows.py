@@ -7,24 +7,18 @@ and must be listed by the template browser's HTTP API.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 
-import av
 import pytest
-from PIL import Image
 
 from comfy_server import PACK_FOLDER_NAME
 from prompts import FRAMES
-from workflows import (FRONTEND_ONLY_NODES, load_workflow, named_widget_values, to_api_prompt, validate_workflow,
-                       workflow_paths)
+from workflows import (CPU_OVERRIDES, FRONTEND_ONLY_NODES, load_workflow, named_widget_values, to_api_prompt,
+                       validate_workflow, with_cpu_overrides, workflow_paths)
 
-# The committed workflows keep the official settings (16 frames of 512x512, 100-300 steps), which take
-# hours on a CPU. Only for running them here, these widget values are replaced wherever a node has them;
-# the reference clip the tests write has FRAMES frames. Validation always checks the committed values.
-CPU_OVERRIDES = {"width": 64, "height": 64, "batch_size": FRAMES, "steps": 4, "guided_steps": 2,
-                 "warm_up_steps": 1, "cool_down_steps": 1}
-OUTPUT_SIZE = (64, 64)
+OUTPUT_SIZE = (CPU_OVERRIDES["width"], CPU_OVERRIDES["height"])
 
 # The official settings (spec section 7) the committed workflows must keep: (node, widget) -> allowed values.
 OFFICIAL = {
@@ -37,23 +31,9 @@ OFFICIAL = {
     ("MotionCloneSampler", "warm_up_steps"): {10}, ("MotionCloneSampler", "cool_down_steps"): {10},
     ("MotionCloneGuidance", "warm_up_steps"): {10}, ("MotionCloneGuidance", "cool_down_steps"): {10},
 }
-OFFICIAL_SCHEDULES = {(100, 50, 0.3), (300, 180, 0.4)}  # t2v_camera, t2v_object: steps, guided steps, fraction
+OFFICIAL_SCHEDULES = {(100, 50, 0.3), (300, 180, 0.4)}  # t2v_camera, t2v_object (v2): steps, guided steps, fraction
 
-WORKFLOWS = {path.stem: path for path in workflow_paths()}
-
-
-@pytest.fixture(scope="module")
-def object_info(server):
-    return server.get("/object_info")
-
-
-def api_prompt_for_cpu(workflow: dict, object_info: dict) -> dict:
-    prompt = to_api_prompt(workflow, object_info)
-    for node in prompt.values():
-        for name, value in CPU_OVERRIDES.items():
-            if name in node["inputs"] and not isinstance(node["inputs"][name], list):
-                node["inputs"][name] = value
-    return prompt
+WORKFLOWS = workflow_paths()
 
 
 def test_the_four_issue_workflows_are_there():
@@ -65,6 +45,37 @@ def test_the_four_issue_workflows_are_there():
 def test_workflow_matches_the_live_node_definitions(server, object_info, name):
     problems = validate_workflow(load_workflow(WORKFLOWS[name]), object_info)
     assert not problems, f"{name}.json:\n" + "\n".join(problems)
+
+
+def _broken(workflow: dict, node_type: str, change) -> dict:
+    broken = copy.deepcopy(workflow)
+    change(next(node for node in broken["nodes"] if node["type"] == node_type), broken)
+    return broken
+
+
+def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
+    workflow = load_workflow(WORKFLOWS["1_camera_motion_clone"])
+    motion_link = next(link for link in workflow["links"] if link[5] == "MOTION")
+    frames_node = next(node for node in workflow["nodes"] if node["type"] == "ImageFromBatch")
+    cases = {
+        "stale widgets": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].pop()),
+                          "(MotionCloneSampler): 8 widget values for 9 widgets (seed, control_after_generate, steps"),
+        "out of range": (_broken(workflow, "MotionCloneExtractMotion", lambda n, w: n["widgets_values"].__setitem__(3, 1000)),
+                         "(MotionCloneExtractMotion): widget 'timestep' = 1000 is above the maximum 999"),
+        "not in list": (_broken(workflow, "MotionCloneExtractMotion", lambda n, w: n["widgets_values"].__setitem__(5, "up_blocks.3")),
+                        "widget 'blocks' = 'up_blocks.3' is not in the list"),
+        "bad control": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].__setitem__(1, "sometimes")),
+                        "widget 'control_after_generate' = 'sometimes' must be one of"),
+        "unknown type": (_broken(workflow, "MotionCloneSampler", lambda n, w: n.__setitem__("type", "MotionCloneRenamed")),
+                         "(MotionCloneRenamed): no such node type"),
+        "renamed input": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["inputs"][-1].__setitem__("name", "motions")),
+                          "input 'motions' does not exist"),
+        "wrong type": (_broken(workflow, "MotionCloneSampler", lambda n, w: next(link for link in w["links"] if link[0] == motion_link[0]).__setitem__(1, frames_node["id"])),
+                       "output IMAGE -> node"),
+    }
+    for case, (broken, expected) in cases.items():
+        problems = validate_workflow(broken, object_info)
+        assert any(expected in problem for problem in problems), f"{case}: {problems}"
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -88,7 +99,7 @@ def test_workflow_keeps_the_official_settings_and_explains_itself(object_info, n
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
-    prompt = api_prompt_for_cpu(load_workflow(WORKFLOWS[name]), object_info)
+    prompt = with_cpu_overrides(to_api_prompt(load_workflow(WORKFLOWS[name]), object_info))
     log_start = len(server.log())
     entry = server.run(prompt, timeout=600)
     output_nodes = {node_id for node_id, node in prompt.items() if object_info[node["class_type"]]["output_node"]}
@@ -100,10 +111,13 @@ def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
         assert _frames_and_size(path) == (FRAMES, OUTPUT_SIZE), path.name
     log = server.log()[log_start:]
     assert "lora key not loaded" not in log, "a LoRA of MODEL_FILES does not match the checkpoint's layers"
-    assert not re.search(r"clip missing|unet missing|left over keys", log), "a checkpoint of MODEL_FILES has unexpected keys"
+    assert not re.search(r"clip missing|unet missing|Missing VAE keys|left over keys", log), "a checkpoint of MODEL_FILES lacks or adds keys"
 
 
 def _frames_and_size(path) -> tuple[int, tuple[int, int]]:
+    import av  # ComfyUI's requirements bring these; the core tier runs without them
+    from PIL import Image
+
     if path.suffix == ".webp":
         with Image.open(path) as image:
             return image.n_frames, image.size
