@@ -22,6 +22,7 @@ from .motion_module import (
     AnimateDiffMotionModel,
     MotionModule,
     TemporalAttention,
+    attend,
     attention_probs,
     temporal_attention_probs,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "MotionRepresentation",
     "RESIZE_MODES",
     "TemporalAttention",
+    "attend",
     "attention_probs",
     "build_motion_model",
     "comfy_block_of",

@@ -58,6 +58,11 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tenso
     return torch.softmax(q @ k.transpose(-1, -2) * head_dim**-0.5, dim=-1)
 
 
+def attend(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Attention output from explicit probabilities: `(N, heads, Lq, Lk)` x `(N, Lk, C)` -> `(N, Lq, C)`."""
+    return _merge_heads(probs.to(v.dtype) @ _split_heads(v, probs.shape[1]))
+
+
 def temporal_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
     """Temporal attention (MotionClone Sec. 3.2): q, k `(N, F, C)` -> `(N, heads, F, F)` fp32 probabilities."""
     return attention_probs(q, k, heads)
@@ -110,7 +115,7 @@ class TemporalAttention(nn.Module):
         if capture is not None and capture.wants(self.name):
             probs = temporal_attention_probs(q, k, self.heads)
             capture.record(self.name, probs)
-            out = _merge_heads(probs.to(v.dtype) @ _split_heads(v, self.heads))
+            out = attend(probs, v)
         else:
             out = _merge_heads(
                 F.scaled_dot_product_attention(

@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..motionclone import MotionCloneError
 from ..motionclone.inversion import ddim_inversion, inversion_timesteps
-from .patching import motion_model_of
+from .patching import require_motion_model
 from .types import InversionSocket
 
 
@@ -25,10 +25,10 @@ class InvertedClip:
     convention: what a sampler given this LATENT with its noise disabled continues from at `sigmas[s]`.
     """
 
-    latents: torch.Tensor = None  # (S, F, 4, h, w) float32, CPU
-    timesteps: tuple[int, ...] = ()
-    sigmas: torch.Tensor = None  # (S,)
-    model_family: str = ""
+    latents: torch.Tensor  # (S, F, 4, h, w) float32, CPU
+    timesteps: tuple[int, ...]
+    sigmas: torch.Tensor  # (S,)
+    model_family: str
 
     def nearest(self, timestep: int) -> int:
         """Index of the stored timestep closest to `timestep`."""
@@ -100,8 +100,7 @@ class DDIMInversion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, latent, conditioning, steps) -> io.NodeOutput:
-        if motion_model_of(model) is None:
-            raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
+        motion_model = require_motion_model(model)
         if latent.get("noise_mask") is not None:
             raise MotionCloneError("'latent' has a noise mask; DDIM inversion inverts the whole clip. Remove the mask.")
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
@@ -112,7 +111,7 @@ class DDIMInversion(io.ComfyNode):
         sampler = comfy.samplers.KSAMPLER(_inversion_sampler, extra_options={"timesteps": timesteps, "trajectory": trajectory})
         noised = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, sampler, sigmas, conditioning,
                                             conditioning, samples, disable_pbar=True)
-        inversion = InvertedClip(torch.stack(trajectory), tuple(timesteps), sigmas, motion_model_of(model).family)
+        inversion = InvertedClip(torch.stack(trajectory), tuple(timesteps), sigmas, motion_model.family)
         reconstruction = torch.cat([sigmas.flip(0), torch.zeros(1)])
         return io.NodeOutput(inversion, {"samples": noised}, reconstruction, ui=ui.PreviewText(inversion.describe()))
 

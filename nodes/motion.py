@@ -25,7 +25,7 @@ from ..motionclone import (
 )
 from .autograd import capture_attention
 from .guided_sampling import read_model, reference_attention
-from .patching import motion_model_of
+from .patching import require_motion_model
 from .types import InversionSocket, MotionSocket
 
 MOTION_FOLDER = "motionclone"  # models/motionclone: saved motion representations
@@ -95,9 +95,7 @@ class ExtractMotion(io.ComfyNode):
     @classmethod
     def execute(cls, model, width, height, resize, timestep, seed, blocks, top_k, images=None, vae=None, latent=None,
                 conditioning=None, clip=None, inversion=None, steps=100, guided_steps=-1, guided_fraction=0.3) -> io.NodeOutput:
-        motion_model = motion_model_of(model)
-        if motion_model is None:
-            raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
+        motion_model = require_motion_model(model)
         if inversion is not None:
             if images is not None or latent is not None:
                 raise MotionCloneError("Connect either 'inversion' or a reference clip ('images' or 'latent'), not both.")

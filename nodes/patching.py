@@ -26,7 +26,7 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, MotionRepresentation, attention_probs
+from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, MotionRepresentation, attend, attention_probs
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
 
@@ -87,6 +87,16 @@ def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patch
         load_device=comfy.model_management.get_torch_device(),
         offload_device=comfy.model_management.unet_offload_device(),
     )
+
+
+def require_motion_model(model: comfy.model_patcher.ModelPatcher) -> AnimateDiffMotionModel:
+    """The motion model of a node's 'model' input; a clear error when it was not patched with AnimateDiff."""
+    motion_model = motion_model_of(model)
+    if motion_model is None:
+        raise IncompatibleModelError(
+            "'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'."
+        )
+    return motion_model
 
 
 def motion_model_of(model: comfy.model_patcher.ModelPatcher) -> AnimateDiffMotionModel | None:
@@ -259,13 +269,10 @@ def _record_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, e
 
     Records `(B*F, heads, H, W, T)` float32 for the block in `extra_options["block"]`.
     """
-    heads = extra_options["n_heads"]
-    probs = attention_probs(q, k, heads)
+    probs = attention_probs(q, k, extra_options["n_heads"])
     height, width = extra_options["activations_shape"][-2:]
     extra_options[CAPTURE_KEY].record_cross(tuple(extra_options["block"]), probs.unflatten(2, (height, width)))
-    batch, length, channels = v.shape
-    out = probs.to(v.dtype) @ v.reshape(batch, length, heads, channels // heads).transpose(1, 2)
-    return out.transpose(1, 2).reshape(batch, -1, channels)
+    return attend(probs, v)
 
 
 class _EpsSampling(comfy.model_sampling.ModelSamplingDiscrete, comfy.model_sampling.EPS):

@@ -11,7 +11,7 @@ from comfy_api.latest import io, ui
 from ..motionclone import CombinedWeights, GuidanceLog, GuidanceRamp, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
 from .guided_sampling import Guidance, MotionGuidanceWrapper, check_fits, check_schedule, motionclone_ksampler
-from .patching import apply_motion_guidance, motion_model_of
+from .patching import apply_motion_guidance, require_motion_model
 from .types import MotionSocket, SemanticGuidanceSocket
 
 CFG_TOOLTIP = ("Classifier-free guidance in ComfyUI's convention: uncond + cfg * (cond - uncond). The official "
@@ -97,8 +97,7 @@ class MotionCloneSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
                 motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None) -> io.NodeOutput:
-        if motion_model_of(model) is None:
-            raise MotionCloneError("'model' has no motion modules. Connect the MODEL from 'MotionClone: Apply AnimateDiff'.")
+        require_motion_model(model)
         if latent_image.get("noise_mask") is not None:
             raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
