@@ -55,7 +55,7 @@ def _broken(workflow: dict, node_type: str, change) -> dict:
 
 def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
     workflow = load_workflow(WORKFLOWS["1_camera_motion_clone"])
-    motion_link = next(link for link in workflow["links"] if link[5] == "MOTION")
+    motion_link = next(link for link in workflow["links"] if link[5] == "MOTIONCLONE_MOTION")
     frames_node = next(node for node in workflow["nodes"] if node["type"] == "ImageFromBatch")
     cases = {
         "stale widgets": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].pop()),

@@ -277,7 +277,7 @@ class MotionLossProbe:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "motion": ("MOTION",), "report_path": ("STRING", {"default": ""})}}
+        return {"required": {"model": ("MODEL",), "motion": ("MOTIONCLONE_MOTION",), "report_path": ("STRING", {"default": ""})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
