@@ -121,6 +121,7 @@ def main():
     args.cuda = torch.cuda.is_available()
     patching = loaded_pack_module("nodes.patching")
     guided_sampling = loaded_pack_module("nodes.guided_sampling")
+    guided_step = loaded_pack_module("nodes.guided_step")
     sampler_nodes = loaded_pack_module("nodes.sampler")
     motionclone = loaded_pack_module("motionclone")
     model, context, weight_bytes = build(args, (patching, motionclone))
@@ -162,9 +163,8 @@ def main():
             return tensor
 
         sigmas, _ = sampler_nodes.motionclone_sigmas(model, STEPS, GUIDED, 0.3)
-        sampler = guided_sampling.motionclone_ksampler(
-            guided_sampling.Guidance(representation),
-            motionclone.CombinedWeights(motionclone.GuidanceRamp(2000.0, GUIDED, 0, 0)), motionclone.GuidanceLog())
+        settings = motionclone.GuidanceSettings(2000.0, 0.3, warm_up=0, cool_down=0)
+        sampler = guided_sampling.motionclone_ksampler(guided_step.Guidance(representation, settings), motionclone.GuidanceLog())
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             comfy.sample.sample_custom(model, noise, 8.5, sampler, sigmas, conditioning, negative, latent,
                                        callback=callback, disable_pbar=True, seed=0)

@@ -34,7 +34,15 @@ from .representation import (
     stack_timesteps,
     top_k_representation,
 )
-from .schedule import CombinedWeights, GuidanceRamp, MotionCloneSchedule, motionclone_timesteps, resolve_guided_steps
+from .schedule import (
+    CombinedWeights,
+    GuidanceRamp,
+    GuidanceSettings,
+    GuidedStepPlan,
+    MotionCloneSchedule,
+    motionclone_timesteps,
+    resolve_guided_steps,
+)
 from .video import RESIZE_MODES, resize_frames
 
 __all__ = [
@@ -45,6 +53,8 @@ __all__ = [
     "FrameCountError",
     "GuidanceLog",
     "GuidanceRamp",
+    "GuidanceSettings",
+    "GuidedStepPlan",
     "IncompatibleModelError",
     "MotionCloneError",
     "MotionCloneSchedule",

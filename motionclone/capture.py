@@ -5,8 +5,10 @@ whose name lies in one of its blocks compute their probabilities explicitly and 
 autograd enabled the recorded tensors keep their graph, so a loss on them can be differentiated with
 respect to the latent. Once the last motion module of the captured blocks has run, the rest of the UNet
 is of no use to the loss: the capture either raises `ForwardStopped` (when only the attention is wanted),
-or switches autograd off for the remainder of the forward (when the prediction is wanted too), so that
-no activation of the later blocks is kept for backward, as the official `unet_customized_forward` does.
+or names the module after which whoever runs the modules switches autograd off for the remainder of the
+forward (when the prediction is wanted too, `no_grad_after`), so that no activation of the later blocks is
+kept for backward, as the official `unet_customized_forward` does. The switch itself belongs to the code that
+runs the UNet (in this pack, `nodes/patching.py`), not to this record.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ class AttentionCapture:
 
     - `probs`: temporal-attention probabilities `(N, heads, F, F)` of the layers in `blocks` (Sec. 3.2);
     - `keys`: temporal-attention keys `(N, F, C)` (positional encoding included) of the layers in
-      `key_blocks`, the features of location-aware semantic guidance (spec §5.2);
+      `key_blocks`, the features of location-aware semantic guidance (docs/algorithm.md §5);
     - `cross_probs`: spatial cross-attention probabilities `(B*F, heads, HW, T)` of the transformer
       blocks named in `cross_blocks` (ComfyUI block ids such as `("output", 3)`), for subject masks.
 
     Args:
         blocks: diffusers block names whose temporal-attention probabilities are recorded, e.g. `("up_blocks.1",)`.
         stop_after: name of the motion module after which the forward is stopped, or None to run it all.
-        no_grad_after: name of the motion module after which autograd is switched off; the caller
-            restores it (leaving a `torch.enable_grad()` block does).
+        no_grad_after: name of the motion module after which the forward needs no autograd graph; the code
+            running the modules switches it off there (`gradient_recording_ends_after`) and restores it.
         key_blocks: diffusers block names whose temporal-attention keys are recorded.
         cross_blocks: ComfyUI `(kind, index)` blocks whose cross-attention probabilities are recorded.
     """
@@ -69,8 +71,10 @@ class AttentionCapture:
     def module_done(self, module_name: str) -> None:
         if self.stop_after is not None and module_name == self.stop_after:
             raise ForwardStopped(module_name)
-        if self.no_grad_after is not None and module_name == self.no_grad_after:
-            torch.set_grad_enabled(False)
+
+    def gradient_recording_ends_after(self, module_name: str) -> bool:
+        """Whether the forward needs no autograd graph once `module_name` has run."""
+        return self.no_grad_after is not None and module_name == self.no_grad_after
 
 
 def _in_blocks(layer_name: str, blocks: tuple[str, ...]) -> bool:

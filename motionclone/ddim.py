@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
-
 import torch
 
 
@@ -52,19 +50,11 @@ def guided_ddim_step(
     return euler_step(x, denoised, sigma, sigma_next) - (sigma_next * sigma) * grad
 
 
-Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Losses = dict[str, torch.Tensor]
-GuidedDenoise = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, Losses, torch.Tensor]]
-MeasureLoss = Callable[[torch.Tensor, torch.Tensor, int], Losses]
+# `(x, i) -> (denoised, grad, losses)`: the CFG clean estimate at step i; the gradient of the step's weighted
+# loss with respect to x, or None for a plain step; the unweighted losses by name, or None when none were measured.
+Predict = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor | None, Losses | None]]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
-
-
-class StepWeights(Protocol):
-    """Which steps are guided: `scale(i) > 0` for a guided step; steps `< guided_steps` are in the guided band."""
-
-    guided_steps: int
-
-    def scale(self, step: int) -> float: ...
 
 
 @dataclass
@@ -84,37 +74,29 @@ class GuidanceLog:
 def sample_motionclone(
     x: torch.Tensor,
     sigmas: torch.Tensor,
-    weights: StepWeights,
-    denoise: Denoise,
-    guided_denoise: GuidedDenoise,
-    measure_loss: MeasureLoss | None = None,
+    predict: Predict,
     on_step: StepCallback | None = None,
     log: GuidanceLog | None = None,
 ) -> torch.Tensor:
-    """MotionClone's sampling loop (spec §1.2 b, §1.3 step 2): guided DDIM steps, then plain CFG DDIM steps.
+    """MotionClone's sampling loop (docs/algorithm.md §1, §7): guided DDIM steps where `predict` returns a
+    gradient, plain CFG DDIM steps elsewhere. Which steps are guided, and how strongly, is `predict`'s decision.
 
     Args:
         x: `(F, C, h, w)` noised start in sigma space; sigmas: `(N + 1,)` descending, ending at 0.
-        weights: a step `i` with `weights.scale(i) > 0` is guided (e.g. a `GuidanceRamp`); the others are plain.
-        denoise: `(x, sigma) -> denoised`, the plain CFG prediction.
-        guided_denoise: `(x, sigma, i) -> (denoised, losses, grad)`: the CFG prediction, the unweighted
-            losses by name, and the gradient of the weighted loss of step `i` with respect to `x`.
-        measure_loss: `(x, sigma, i) -> losses` without gradients, logged for the steps `< weights.guided_steps`
-            that are not guided (weight 0), for comparisons.
+        predict: `(x, i) -> (denoised, grad, losses)`, see `Predict`.
         on_step: `(i, x, sigma, denoised)` after each prediction, before the update.
+        log: receives the losses of every step that measured some.
 
     Returns:
         The final sample, `(F, C, h, w)`.
     """
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        if weights.scale(i) > 0:
-            denoised, losses, grad = guided_denoise(x, sigma, i)
-            x_next = guided_ddim_step(x, denoised, sigma, sigma_next, grad)
-        else:
-            denoised = denoise(x, sigma)
-            losses = measure_loss(x, sigma, i) if (measure_loss is not None and i < weights.guided_steps) else None
+        denoised, grad, losses = predict(x, i)
+        if grad is None:
             x_next = euler_step(x, denoised, sigma, sigma_next)
+        else:
+            x_next = guided_ddim_step(x, denoised, sigma, sigma_next, grad)
         if log is not None and losses is not None:
             log.add(losses)
         if on_step is not None:

@@ -8,6 +8,7 @@ guided steps and down over the last `cool_down`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,3 +120,48 @@ class CombinedWeights:
 
     def scale(self, step: int) -> float:
         return self.motion.scale(step) + self.semantic_scale(step)
+
+
+@dataclass(frozen=True)
+class GuidedStepPlan:
+    """One evaluation inside the guided band: its place among the band's `guided_steps` steps and its weights."""
+
+    index: int
+    guided_steps: int
+    motion_scale: float
+    semantic_scale: float
+
+    @property
+    def guided(self) -> bool:
+        """Whether the step takes a gradient; a step in the band with both weights 0 is sampled plainly."""
+        return self.motion_scale + self.semantic_scale > 0
+
+
+@dataclass(frozen=True)
+class GuidanceSettings:
+    """The guidance a user set on a node: strength, guided band and ramps (docs/algorithm.md §4, §6).
+
+    `semantic_weight` multiplies the semantic loss's own per-block weights: 1 when semantic guidance is on.
+    """
+
+    motion_weight: float
+    guided_fraction: float
+    warm_up: int = 10
+    cool_down: int = 10
+    semantic_weight: float = 0.0
+
+    def plan(self, timesteps: Sequence[int], position: int) -> GuidedStepPlan | None:
+        """The plan of step `position` of a schedule with these integer `timesteps` (one per step, descending).
+
+        A step is in the guided band when its timestep is at least `int((1 - guided_fraction) * 1000)`; None
+        outside it. Ramps count the band's steps: for MotionClone's own schedule they are its first G steps,
+        so `index == position`; for another schedule (KSampler's), the steps of it that fall in the band.
+        """
+        band_start = guided_band_start(self.guided_fraction)
+        in_band = [int(t) >= band_start for t in timesteps]
+        if not in_band[position]:
+            return None
+        index, guided_steps = sum(in_band[:position]), sum(in_band)
+        weights = CombinedWeights(GuidanceRamp(self.motion_weight, guided_steps, self.warm_up, self.cool_down),
+                                  self.semantic_weight)
+        return GuidedStepPlan(index, guided_steps, weights.motion.scale(index), weights.semantic_scale(index))

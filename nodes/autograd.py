@@ -1,42 +1,32 @@
-"""Temporal-attention capture and gradients inside a ComfyUI sampling run.
+"""Temporal-attention capture and gradients inside a ComfyUI sampling run: the gradient pass of a guided step.
 
-ComfyUI executes every node under `torch.inference_mode()`. Tensors made there are *inference
-tensors*, and autograd refuses to save them for backward. That concerns three kinds of tensors on the
-way from the latent to a loss on temporal attention:
+A gradient of a loss on temporal attention with respect to the latent is taken from inside a sampling
+run, although ComfyUI executes every node under `torch.inference_mode()`. The wiring that makes that
+possible lives in `nodes/patching.py` and is used here by name: `gradient_recording()` (autograd on, inference
+mode off), `prepare_gradient_path` (ordinary copies of the inference-mode weights on the path), and the
+capture's `no_grad_after`, on which the motion-module patch switches autograd off for the rest of the
+forward. Here, besides: the latent becomes a fresh leaf and the sigma a fresh copy inside the block;
+conditioning needs nothing (it only meets weights that do not require grad).
 
-1. Weights. Loaded by the checkpoint loader (and re-created when ComfyUI merges LoRA patches while
-   loading the model for sampling), they are inference tensors, and the backward through every matmul
-   needs them. `_make_autograd_ready` replaces each inference parameter and buffer of the modules the
-   forward touches by an ordinary copy with the same values, made with inference mode off. It runs at
-   every gradient pass, because a sampling run may have reloaded (and re-patched) weights; a check of
-   `is_inference()` per tensor is all it costs once the copies exist. Outputs stay bit-identical.
-2. The sigma of the step. The model multiplies the latent by a function of it, so it is cloned.
-3. The latent. A fresh leaf (`x.detach().clone().requires_grad_()`) is made with inference mode off.
-
-Conditioning needs nothing: it only meets weights that do not require grad, and the results of those
-operations, computed with inference mode off, are ordinary tensors.
-
-The gradient forward runs only the conditional batch and stops after the last motion module of the
-captured blocks (`AttentionCapture(stop_after=...)`), so no activation of later blocks is kept. Spatial
-attention is forced to PyTorch's SDPA during it, because some kernels ComfyUI may be launched with
-(sage, flash) have no backward.
+The gradient forward runs only the conditional batch and stops (or stops recording) after the last motion
+module of the captured blocks, so no activation of later blocks is kept; spatial attention is PyTorch's
+SDPA during it (`with_capture(..., differentiable=True)`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import comfy.ldm.modules.attention
 import comfy.samplers
 import torch
 
 from ..motionclone import AttentionCapture, ForwardStopped, MotionCloneError
-from ..motionclone.layout import comfy_block_of, validate_block_names
-from .patching import SamplingRun, with_capture
+from ..motionclone.layout import validate_block_names
+from .patching import SamplingRun, gradient_recording, prepare_gradient_path, resume_gradient_recording, with_capture
 
 
 def capture_forward(
-    run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
+    inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
     capture: AttentionCapture,
 ) -> torch.Tensor | None:
     """One conditional forward without gradients that records into `capture`.
@@ -68,7 +58,7 @@ def capture_attention(
         layer name -> `(h_l * w_l, heads, F, F)` float32 probabilities (rows sum to 1).
     """
     capture = new_capture(run, blocks, stop_early)
-    capture_forward(run, inner_model, conds, x, sigma, model_options, capture)
+    capture_forward(inner_model, conds, x, sigma, model_options, capture)
     return capture.probs
 
 
@@ -86,11 +76,10 @@ def attention_loss_gradient(
         `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`.
     """
     capture = new_capture(run, blocks, stop_early=True, key_blocks=key_blocks)
-    with torch.inference_mode(False), torch.enable_grad():
-        _make_autograd_ready(_modules_on_path(run, inner_model, (*blocks, *key_blocks)))
+    with gradient_recording():
+        prepare_gradient_path(run, inner_model, (*blocks, *key_blocks))
         leaf = x.detach().clone().requires_grad_(True)
-        options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
-        _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
+        _forward(inner_model, conds, leaf, sigma.detach().clone(), with_capture(model_options, capture, differentiable=True))
         _check_captured(run, blocks, capture)
         loss = loss_fn(capture)
         (grad,) = torch.autograd.grad(loss, leaf)
@@ -115,12 +104,12 @@ def prediction_with_attention_gradient(
     guided_blocks = tuple(dict.fromkeys((*blocks, *key_blocks)))
     validate_block_names(guided_blocks, run.motion_model.has_mid_block)
     capture = AttentionCapture(blocks, no_grad_after=run.motion_model.last_module_in(guided_blocks), key_blocks=key_blocks)
-    with torch.inference_mode(False), torch.enable_grad():
-        _make_autograd_ready(_modules_on_path(run, inner_model, guided_blocks))
+    with gradient_recording():
+        prepare_gradient_path(run, inner_model, guided_blocks)
         leaf = x.detach().clone().requires_grad_(True)
-        options = with_capture(model_options, capture, optimized_attention_override=_differentiable_attention)
+        options = with_capture(model_options, capture, differentiable=True)
         denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
-        torch.set_grad_enabled(True)  # the capture switched it off after the last guided block
+        resume_gradient_recording()  # switched off after the last guided block
         _check_captured(run, blocks, capture)
         loss = loss_fn(capture)
         (grad,) = torch.autograd.grad(loss, leaf)
@@ -152,32 +141,3 @@ def _forward(inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, mod
         comfy.samplers.calc_cond_batch(inner_model, [conds], x, sigma, model_options)
     except ForwardStopped:
         pass
-
-
-def _differentiable_attention(kernel, *args, **kwargs):
-    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
-
-
-def _modules_on_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> list[torch.nn.Module]:
-    """The UNet parts a forward stopped after `blocks` runs through (the injected motion modules included)."""
-    unet = inner_model.diffusion_model
-    last = run.motion_model.last_module_in(blocks)
-    kind, index = comfy_block_of(last) if last else ("output", len(unet.output_blocks) - 1)
-    path: list[torch.nn.Module] = [unet.time_embed, unet.input_blocks]
-    if kind != "input":
-        path.append(unet.middle_block)
-    if kind == "output":
-        path.extend(unet.output_blocks[: index + 1])
-    return path
-
-
-def _make_autograd_ready(modules: list[torch.nn.Module]) -> None:
-    """Replace inference-mode parameters and buffers by equal ordinary tensors (call with inference mode off)."""
-    for root in modules:
-        for module in root.modules():
-            for name, param in module._parameters.items():
-                if param is not None and param.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
-            for name, buffer in module._buffers.items():
-                if buffer is not None and buffer.is_inference():
-                    module._buffers[name] = buffer.clone()

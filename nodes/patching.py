@@ -9,14 +9,22 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
   per-forward `AttentionCapture`, both read from `transformer_options`);
 - a `model_sampling` object patch switches to the beta schedule AnimateDiff was trained with;
 - an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`;
-- 'MotionClone: Guidance' adds a PREDICT_NOISE wrapper that applies motion guidance in any sampler.
+- 'MotionClone: Guidance' adds a PREDICT_NOISE wrapper that applies motion guidance in any sampler;
+- forwards that record attention get a copy of the model options with the run's `AttentionCapture`
+  (`with_capture`), `attn2` replace patches for cross-attention, and, in the gradient pass, an attention
+  override to PyTorch's SDPA (some kernels ComfyUI can be started with have no backward);
+- the gradient pass of a guided step runs in `gradient_recording()`, on weights made autograd-ready by
+  `prepare_gradient_path`, and autograd is switched off after the last guided motion module.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import comfy.ldm.modules.attention
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
@@ -26,15 +34,19 @@ import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, MotionRepresentation, attend, attention_probs
+from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, attend, attention_probs
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
+
+if TYPE_CHECKING:
+    from .guided_step import GuidanceRun
 
 PATCH_KEY = "motionclone"  # wrappers, injections and additional models of this pack
 RUN_STATE_KEY = "motionclone_run"  # transformer_options entry holding the SamplingRun of a sampling run
 CAPTURE_KEY = "motionclone_capture"  # transformer_options entry holding the AttentionCapture of one forward
 GUIDANCE_KEY = "motionclone_guidance"  # PREDICT_NOISE wrapper of 'MotionClone: Guidance'
 ADE_KEY = "ADE"  # AnimateDiff-Evolved's key for its injections, wrappers and additional models
+ATTENTION_OVERRIDE_KEY = "optimized_attention_override"  # transformer_options entry ComfyUI's attention obeys
 
 BETA_SCHEDULES = {
     # AnimateDiff's training schedule: diffusers "linear" is ComfyUI "sqrt_linear".
@@ -47,37 +59,15 @@ KEEP_MODEL_SCHEDULE = "keep MODEL's"
 
 @dataclass
 class SamplingRun:
-    """Per-run state of a motion-patched MODEL; lives in `transformer_options[RUN_STATE_KEY]`."""
+    """Per-run state of a motion-patched MODEL; lives in `transformer_options[RUN_STATE_KEY]`.
+
+    Created by the OUTER_SAMPLE wrapper for each sampling run and removed in its `finally`, so nothing
+    outlives the run. `guidance` is the state of the run's motion guidance, made at its first guided step.
+    """
 
     motion_model: AnimateDiffMotionModel
     frames: int
-    appearance: Any = None  # the semantic guidance's unguided "appearance" branch of this run (nodes/semantic.py)
-    _motion_targets: dict = field(default_factory=dict)
-
-    def has_motion_targets(self, representation: MotionRepresentation, device: torch.device) -> bool:
-        return any(key[:2] == _targets_key(representation, device) for key in self._motion_targets)
-
-    def motion_targets(self, representation: MotionRepresentation, device: torch.device, timestep: int | None = None):
-        """`representation.to_device(device, timestep)`, made once per run and released with it.
-
-        Only the latest entry of a per-timestep representation is kept, so device memory holds one.
-
-        Made with inference mode off: the loss's backward saves the indices, and inference tensors
-        cannot be saved for backward. The dtype conversions (fp16 -> fp32, integer -> int64) always copy,
-        so the results are ordinary tensors.
-        """
-        entry = representation.entry_for(timestep) if timestep is not None else None
-        key = (*_targets_key(representation, device), entry)
-        if key not in self._motion_targets:
-            for stale in [k for k in self._motion_targets if k[:2] == key[:2]]:
-                del self._motion_targets[stale]
-            with torch.inference_mode(False):
-                self._motion_targets[key] = representation.to_device(device, timestep)
-        return self._motion_targets[key]
-
-
-def _targets_key(representation: MotionRepresentation, device: torch.device) -> tuple[int, str]:
-    return (id(representation), str(device))
+    guidance: GuidanceRun | None = None
 
 
 def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patcher.ModelPatcher:
@@ -200,6 +190,8 @@ def _run_motion_module(layer: MotionModule, x, emb, context, transformer_options
     chunks = len(transformer_options.get("cond_or_uncond") or [None])
     weight_dtype = layer.temporal_transformer.proj_in.weight.dtype
     out = layer(x.to(weight_dtype), x.shape[0] // chunks, capture)
+    if capture is not None and capture.gradient_recording_ends_after(layer.name):
+        torch.set_grad_enabled(False)  # the rest of the UNet is not on the loss's path; `resume_gradient_recording`
     return out.to(x.dtype)
 
 
@@ -247,14 +239,17 @@ def current_run(model_options: dict) -> SamplingRun:
     return run
 
 
-def with_capture(model_options: dict, capture: AttentionCapture, **transformer_options) -> dict:
+def with_capture(model_options: dict, capture: AttentionCapture, differentiable: bool = False) -> dict:
     """A copy of `model_options` whose forwards record into `capture` (other entries shared).
 
     Cross-attention is recorded through `attn2` replace patches of the capture's `cross_blocks`, added to
-    this copy only: forwards without a capture keep ComfyUI's own attention.
+    this copy only: forwards without a capture keep ComfyUI's own attention. `differentiable` forces spatial
+    attention to PyTorch's SDPA, for the gradient pass (sage or flash attention have no backward).
     """
     options = dict(model_options)
-    merged = {**model_options.get("transformer_options", {}), CAPTURE_KEY: capture, **transformer_options}
+    merged = {**model_options.get("transformer_options", {}), CAPTURE_KEY: capture}
+    if differentiable:
+        merged[ATTENTION_OVERRIDE_KEY] = _differentiable_attention
     if capture.cross_blocks:
         replace = {kind: dict(patches) for kind, patches in merged.get("patches_replace", {}).items()}
         for kind, index in capture.cross_blocks:
@@ -262,6 +257,59 @@ def with_capture(model_options: dict, capture: AttentionCapture, **transformer_o
         merged["patches_replace"] = replace
     options["transformer_options"] = merged
     return options
+
+
+def _differentiable_attention(kernel, *args, **kwargs):
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+@contextmanager
+def gradient_recording() -> Iterator[None]:
+    """Autograd on for the gradient pass of a guided step, inside ComfyUI's inference-mode node execution.
+
+    ComfyUI runs every node under `torch.inference_mode()`, whose tensors autograd refuses to save for
+    backward. Inside this block new tensors are ordinary; the weights on the path need
+    `prepare_gradient_path`, and the latent and sigma fresh copies made inside the block.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
+def resume_gradient_recording() -> None:
+    """Autograd back on after a forward that switched it off past its last guided motion module."""
+    torch.set_grad_enabled(True)
+
+
+def prepare_gradient_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> None:
+    """Make the weights a gradient pass through `blocks` meets autograd-ready (call in `gradient_recording`).
+
+    Weights loaded by the checkpoint loader, and those ComfyUI re-creates when it merges LoRA patches while
+    loading the model for sampling, are inference tensors; the backward of every matmul on the path needs
+    them. Each is replaced by an ordinary tensor with the same values, so outputs stay bit-identical. It runs
+    at every gradient pass because a run may have reloaded (and re-patched) the weights; once the copies
+    exist it costs one `is_inference()` check per tensor.
+    """
+    for root in _modules_on_path(run, inner_model, blocks):
+        for module in root.modules():
+            for name, param in module._parameters.items():
+                if param is not None and param.is_inference():
+                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_inference():
+                    module._buffers[name] = buffer.clone()
+
+
+def _modules_on_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> list[torch.nn.Module]:
+    """The UNet parts a forward stopped after `blocks` runs through (the injected motion modules included)."""
+    unet = inner_model.diffusion_model
+    last = run.motion_model.last_module_in(blocks)
+    kind, index = comfy_block_of(last) if last else ("output", len(unet.output_blocks) - 1)
+    path: list[torch.nn.Module] = [unet.time_embed, unet.input_blocks]
+    if kind != "input":
+        path.append(unet.middle_block)
+    if kind == "output":
+        path.extend(unet.output_blocks[: index + 1])
+    return path
 
 
 def _record_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, extra_options: dict) -> torch.Tensor:

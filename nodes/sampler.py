@@ -8,9 +8,10 @@ import latent_preview
 import torch
 from comfy_api.latest import io, ui
 
-from ..motionclone import CombinedWeights, GuidanceLog, GuidanceRamp, motionclone_timesteps, resolve_guided_steps
+from ..motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
-from .guided_sampling import Guidance, MotionGuidanceWrapper, check_fits, check_schedule, motionclone_ksampler
+from .guided_sampling import MotionGuidanceWrapper, motionclone_ksampler
+from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
 from .patching import apply_motion_guidance, require_motion_model
 from .types import MotionSocket, SemanticGuidanceSocket
 
@@ -105,9 +106,8 @@ class MotionCloneSampler(io.ComfyNode):
         sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
         check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
         log = GuidanceLog()
-        semantic_on = semantic_guidance is not None and semantic_guidance.active
-        weights = CombinedWeights(GuidanceRamp(motion_weight, guided, warm_up_steps, cool_down_steps), float(semantic_on))
-        sampler = motionclone_ksampler(Guidance(motion, semantic_guidance), weights, log)
+        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
+        sampler = motionclone_ksampler(Guidance(motion, settings, semantic_guidance), log)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
         out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
@@ -116,7 +116,7 @@ class MotionCloneSampler(io.ComfyNode):
         result["samples"] = out
         summary = [_loss_summary("Motion", log.of("motion"), motion_weight > 0)]
         if semantic_guidance is not None:
-            summary.append(_loss_summary("Semantic", log.of("semantic"), semantic_on))
+            summary.append(_loss_summary("Semantic", log.of("semantic"), settings.semantic_weight > 0))
         return io.NodeOutput(result, ui={"text": ["\n".join(summary)], "motion_loss": log.of("motion"),
                                          "semantic_loss": log.of("semantic")})
 
@@ -172,8 +172,8 @@ class MotionCloneGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
                 semantic_guidance=None) -> io.NodeOutput:
-        wrapper = MotionGuidanceWrapper(Guidance(motion, semantic_guidance), motion_weight, guided_fraction, warm_up_steps,
-                                        cool_down_steps)
+        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
+        wrapper = MotionGuidanceWrapper(Guidance(motion, settings, semantic_guidance))
         return io.NodeOutput(apply_motion_guidance(model, wrapper))
 
 

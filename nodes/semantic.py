@@ -1,4 +1,4 @@
-"""Location-aware semantic guidance inside a sampling run (MotionClone Sec. 3.3; spec §1.3, §5.2).
+"""Location-aware semantic guidance inside a sampling run (MotionClone Sec. 3.3; docs/algorithm.md §5).
 
 At every guided step a second, unguided "appearance" video is advanced from the same initial noise
 with plain CFG DDIM on the new prompt. Its temporal-attention keys are the semantic targets, and (with
@@ -6,12 +6,13 @@ subjects) its cross-attention to the subject word gives the generated subject's 
 video's keys, pooled under the *reference* subject's mask, are pulled towards the appearance video's
 keys pooled under its own mask, so the new subject sits where the reference subject moved.
 
-The branch is per-run state: it lives in the run's `SamplingRun.appearance` and dies with the run.
+The branch is per-run state: it lives in the run's `GuidanceRun.appearance` and dies with the run.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import comfy.samplers
 import torch
@@ -21,7 +22,10 @@ from ..motionclone.masks import upsample_weights
 from ..motionclone.semantic import keys_to_frame_major, semantic_loss
 from ..motionclone.subject import SEMANTIC_BLOCKS, SemanticSettings
 from .autograd import capture_forward
-from .patching import SamplingRun
+
+if TYPE_CHECKING:
+    from ..motionclone import AnimateDiffMotionModel
+    from .guided_step import GuidanceRun
 
 # ComfyUI's SD1.5 output blocks holding up_blocks.1's spatial transformers: the masks' cross-attention.
 MASK_CROSS_BLOCKS = (("output", 3), ("output", 4), ("output", 5))
@@ -45,28 +49,28 @@ class AppearanceBranch:
     targets_sigma: float | None = None
 
 
-def appearance_targets(run: SamplingRun, guider, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
+def appearance_targets(state: GuidanceRun, guider, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
                        options: dict, settings: SemanticSettings, apply_cfg) -> AppearanceTargets:
     """Advance the run's appearance branch by one DDIM step from `sigma`, returning its targets there.
 
     The branch starts at the first guided step from the generated latent `x` (the same initial noise).
     A second call at the same sigma (2nd-order samplers evaluate a sigma twice) reuses the targets.
     """
-    branch: AppearanceBranch | None = run.appearance
+    branch = state.appearance
     if branch is not None and branch.targets_sigma == float(sigma):
         return branch.targets
     if branch is None:
-        branch = run.appearance = AppearanceBranch(x.detach().clone(), float(sigma))
+        branch = state.appearance = AppearanceBranch(x.detach().clone(), float(sigma))
     if abs(branch.sigma - float(sigma)) > 1e-6 * max(1.0, float(sigma)):
         raise MotionCloneError(
             f"Semantic guidance lost its appearance branch (at sigma {branch.sigma:.4f}, the step is at {float(sigma):.4f}). "
             "Use a schedule whose guided steps are consecutive, as MotionClone's."
         )
-    layers = run.motion_model.attention_layer_names(settings.measured_blocks)
+    layers = state.motion_model.attention_layer_names(settings.measured_blocks)
     capture = AttentionCapture((), key_blocks=settings.measured_blocks,
                                cross_blocks=() if settings.global_mode else MASK_CROSS_BLOCKS)
     sigma_in = sigma * x.new_ones([x.shape[0]])
-    cond = capture_forward(run, guider.inner_model, guider.conds["positive"], branch.x, sigma_in, options, capture)
+    cond = capture_forward(guider.inner_model, guider.conds["positive"], branch.x, sigma_in, options, capture)
     uncond = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], branch.x, sigma_in, options)[0]
     denoised = apply_cfg(guider, cond, uncond, branch.x, sigma_in, options)
     keys = {layer: _frame_major(capture.keys[layer], x.shape[0]) for layer in layers}
@@ -79,20 +83,20 @@ def appearance_targets(run: SamplingRun, guider, x: torch.Tensor, sigma: torch.T
 
 
 def semantic_losses(capture: AttentionCapture, targets: AppearanceTargets, settings: SemanticSettings,
-                    run: SamplingRun, frames: int) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """`(weighted, reported)` semantic losses of the generated video's keys in `capture` (spec §5.2 "Total").
+                    motion_model: AnimateDiffMotionModel, frames: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """`(weighted, reported)` semantic losses of the generated video's keys in `capture` (docs/algorithm.md §5).
 
     weighted: `sum_m w_block(m) * L_m / n`, n = the number of layers of up_blocks.1 and .2 (the official
     mean over the listed layers, weights [500, 0]), None when every weight is 0; reported: the mean of `L_m`
     over the measured layers.
     """
-    measured = run.motion_model.attention_layer_names(settings.measured_blocks)
+    measured = motion_model.attention_layer_names(settings.measured_blocks)
     generated = {layer: _frame_major(capture.keys[layer], frames) for layer in measured}
     # Targets made under ComfyUI's inference mode cannot be saved for backward: ordinary copies (the caller
     # runs this with inference mode off).
     appearance = {layer: targets.keys[layer].clone() for layer in measured}
     masks = None if targets.masks is None else {layer: tuple(m.clone() for m in maps) for layer, maps in targets.masks.items()}
-    layer_count = len(run.motion_model.attention_layer_names(SEMANTIC_BLOCKS))
+    layer_count = len(motion_model.attention_layer_names(SEMANTIC_BLOCKS))
     weights = {layer: settings.weight_of(_block_of(layer)) for layer in measured}
     weighted = semantic_loss(generated, appearance, weights, layer_count, masks) if settings.active else None
     reported = semantic_loss(generated, appearance, dict.fromkeys(measured, 1.0), len(measured), masks)

@@ -118,7 +118,7 @@ def _read_cross_attention(run, guider, x, sigma, options) -> list[torch.Tensor]:
     """Cross-attention `(F, heads, h, w, T)` of up_blocks.1's three spatial transformers, forward stopped there."""
     last_module = run.motion_model.last_module_in(("up_blocks.1",))
     capture = AttentionCapture((), stop_after=last_module, cross_blocks=MASK_CROSS_BLOCKS)
-    capture_forward(run, guider.inner_model, guider.conds["positive"], x, sigma, options, capture)
+    capture_forward(guider.inner_model, guider.conds["positive"], x, sigma, options, capture)
     return [capture.cross_probs[block] for block in MASK_CROSS_BLOCKS]
 
 

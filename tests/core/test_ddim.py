@@ -14,7 +14,7 @@ import torch
 
 from motionclone import (
     GuidanceLog,
-    GuidanceRamp,
+    GuidanceSettings,
     MotionMetadata,
     euler_step,
     guided_ddim_step,
@@ -129,38 +129,55 @@ def test_sampling_loop_matches_the_official_loop():
     def denoise(x, sigma):
         return cfg_denoised(x, sigma, model.eps(x / (1 + sigma**2).sqrt(), 1 / (1 + sigma**2), "positive"))
 
-    ramp = GuidanceRamp(weight, 6, 2, 2)
-
-    def guided_denoise(x, sigma, step):
-        scale = ramp.scale(step)
+    def guided_denoise(x, sigma, scale):
         leaf = x.detach().requires_grad_(True)
         z = leaf / (1 + sigma**2).sqrt()
         eps_c = model.eps(z, 1 / (1 + sigma**2), "positive")
         loss = scale * motion_loss(model.attention(z), values, indices)
         (grad,) = torch.autograd.grad(loss, leaf)
-        return cfg_denoised(x, sigma, eps_c.detach()), {"motion": loss.detach() / scale}, grad
+        return cfg_denoised(x, sigma, eps_c.detach()), grad, {"motion": loss.detach() / scale}
 
     sigmas = torch.stack([_sigma(t) for t in timesteps] + [torch.tensor(0.0, dtype=torch.float64)])
+
+    def planned(settings):
+        """A `predict` guided where `settings.plan` says so, as the pack's engine decides."""
+        def predict(x, i):
+            plan = settings.plan(timesteps, i)
+            if plan is not None and plan.guided:
+                return guided_denoise(x, sigmas[i], plan.motion_scale)
+            return denoise(x, sigmas[i]), None, None
+        return predict
+
     log = GuidanceLog()
-    ours = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, ramp, denoise, guided_denoise, log=log)
+    ours = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, planned(GuidanceSettings(weight, 0.3, 2, 2)), log=log)
     torch.testing.assert_close(ours, official, rtol=1e-9, atol=1e-9)
     assert len(log.of("motion")) == 6
-    plain = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, GuidanceRamp(0.0, 6, 2, 2), denoise, guided_denoise)
+    plain = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, planned(GuidanceSettings(0.0, 0.3, 2, 2)))
     assert (plain - ours).abs().max() > 1e-3  # the guidance is not a no-op on this model
 
 
-def test_weight_zero_never_calls_the_gradient_pass():
-    calls = []
-
-    def guided_denoise(x, sigma, step):
-        calls.append(step)
-        raise AssertionError("no gradient pass expected")
+def test_weight_zero_plans_no_gradient_pass_and_the_loop_steps_plainly():
+    timesteps = motionclone_timesteps(12, 6, 0.3).timesteps
+    plans = [GuidanceSettings(0.0, 0.3, 2, 2).plan(timesteps, i) for i in range(12)]
+    assert [plan is not None for plan in plans] == [True] * 6 + [False] * 6
+    assert not any(plan.guided for plan in plans[:6]) and [plan.index for plan in plans[:6]] == list(range(6))
 
     sigmas = torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)
-    out = sample_motionclone(torch.ones(2, 2), sigmas, GuidanceRamp(0.0, 2), lambda x, s: 0.5 * x, guided_denoise,
-                             measure_loss=lambda x, s, i: {"motion": torch.tensor(0.25 * (i + 1))},
+    out = sample_motionclone(torch.ones(2, 2), sigmas, lambda x, i: (0.5 * x, None, {"motion": torch.tensor(0.25 * (i + 1))}),
                              log=(log := GuidanceLog()))
-    assert not calls and log.of("motion") == [0.25, 0.5]
+    assert log.of("motion") == [0.25, 0.5]
     assert torch.equal(out, euler_step(euler_step(torch.ones(2, 2), 0.5 * torch.ones(2, 2), sigmas[0], sigmas[1]),
                                        0.5 * euler_step(torch.ones(2, 2), 0.5 * torch.ones(2, 2), sigmas[0], sigmas[1]),
                                        sigmas[1], sigmas[2]))
+
+
+def test_plan_counts_the_band_of_any_schedule():
+    # KSampler-like schedule: 10 evenly spaced timesteps; the band t >= 700 holds 999, 888, 777.
+    timesteps = [999, 888, 777, 666, 555, 444, 333, 222, 111, 0]
+    settings = GuidanceSettings(100.0, 0.3, warm_up=2, cool_down=2, semantic_weight=1.0)
+    plans = [settings.plan(timesteps, i) for i in range(10)]
+    assert [p is not None for p in plans] == [True, True, True] + [False] * 7
+    assert [(p.index, p.guided_steps) for p in plans[:3]] == [(0, 3), (1, 3), (2, 3)]
+    # warm-up (i+1)/2 on steps 0..1, cool-down (G-i)/2 on steps i > G-2 = 1: step 2 -> 0.5
+    assert [p.motion_scale for p in plans[:3]] == [50.0, 100.0, 50.0]
+    assert [p.semantic_scale for p in plans[:3]] == [0.5, 1.0, 1.0]  # warm-up only
