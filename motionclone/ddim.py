@@ -1,4 +1,4 @@
-"""DDIM (eta = 0) and MotionClone's guided DDIM step, written in ComfyUI's sigma space (spec §6, §13).
+"""DDIM (eta = 0) and MotionClone's guided DDIM step, written in ComfyUI's sigma space (docs/algorithm.md §7).
 
 ComfyUI's sampler state is `x = z / sqrt(abar)` with `sigma = sqrt((1 - abar) / abar)`, so `abar = 1 / (1 + sigma^2)`.
 There DDIM is the Euler step `x' = x + eps * (sigma' - sigma)` with `eps = (x - x0) / sigma`.
@@ -38,7 +38,7 @@ def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sig
 def guided_ddim_step(
     x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, grad: torch.Tensor
 ) -> torch.Tensor:
-    """MotionClone's guided DDIM step (spec §6 "Guided DDIM step", gamma = 1) in sigma space.
+    """MotionClone's guided DDIM step (docs/algorithm.md §7, gamma = 1) in sigma space.
 
     Args:
         x: `(F, C, h, w)` sampler state; denoised: the unguided CFG clean estimate at `x`.

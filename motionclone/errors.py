@@ -1,7 +1,9 @@
 """One error hierarchy for everything a user can get wrong.
 
-Every message says what was expected, what was found, and how to fix it. The classes subclass
-`ValueError`, so ComfyUI shows them as input errors on the node that raised them.
+Every message says what was expected, what was found, and how to fix it: ComfyUI shows the message of
+any exception raised while a node executes on that node, and for a user it is all there is to go by. The
+classes subclass `ValueError` because each reports an input value that does not fit; ComfyUI itself
+treats them like any other exception.
 """
 
 from __future__ import annotations

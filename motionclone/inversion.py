@@ -1,4 +1,4 @@
-"""DDIM inversion of a reference latent, MotionClone v1's offline stage (spec §1.3 step 1, §11 item 5).
+"""DDIM inversion of a reference latent, MotionClone v1's offline stage (docs/algorithm.md §8).
 
 Everything here lives in diffusers' z-space, the latent the UNet sees: `z_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps`.
 
@@ -94,7 +94,7 @@ def ddim_inversion(
     eps: NoisePrediction,
     on_step: StepHook | None = None,
 ) -> list[torch.Tensor]:
-    """DDIM inversion as the official v1 `next_step` loop runs it (spec §1.3 step 1).
+    """DDIM inversion as the official v1 `next_step` loop runs it (docs/algorithm.md §8).
 
     Args:
         z0: `(F, C, h, w)` clean latent in z-space (VAE latent times the scaling factor).

@@ -1,4 +1,4 @@
-"""Subject masks from spatial cross-attention, for location-aware semantic guidance (spec §5.2 "Masks", §11 item 7).
+"""Subject masks from spatial cross-attention, for location-aware semantic guidance (docs/algorithm.md §5, §10).
 
 The official v1 `compute_cross_attn_mask`, for up_blocks.1:
   1. average the subject token's cross-attention probabilities over the heads of the block's layers;
@@ -41,7 +41,7 @@ def _require_frames_grid(t: torch.Tensor, what: str) -> None:
 
 
 def subject_attention(layer_probs: Sequence[torch.Tensor], token_positions: Sequence[int]) -> torch.Tensor:
-    """How much each position attends to the subject's tokens (spec §5.2 "Masks" step 1).
+    """How much each position attends to the subject's tokens (docs/algorithm.md §5, masks).
 
     Args:
         layer_probs: per spatial cross-attention layer of one block, `(F, heads, HW, T)` softmax probabilities
@@ -73,7 +73,7 @@ def subject_attention(layer_probs: Sequence[torch.Tensor], token_positions: Sequ
 
 
 def normalise_per_frame(attention: torch.Tensor) -> torch.Tensor:
-    """Official min-max normalisation per frame (spec §5.2 step 2): `(a - min) / (max - min + 1e-5)`.
+    """Official min-max normalisation per frame (docs/algorithm.md §5): `(a - min) / (max - min + 1e-5)`.
 
     Args:
         attention: `(F, HW)` or `(F, H, W)`; min and max are taken over everything but the frame axis.
@@ -87,7 +87,7 @@ def normalise_per_frame(attention: torch.Tensor) -> torch.Tensor:
 
 
 def binary_mask(normalised: torch.Tensor, threshold: float) -> torch.Tensor:
-    """`normalised > threshold` as 0/1 floats of the same shape (spec §5.2 steps 3-4; tau = 0.3 by default)."""
+    """`normalised > threshold` as 0/1 floats of the same shape (docs/algorithm.md §5; tau = 0.3 by default)."""
     if not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
         raise MotionCloneError(f"The mask threshold must be a number in [0, 1] (normalised attention), got {threshold!r}.")
     return (normalised > threshold).to(_float_dtype(normalised))
@@ -146,7 +146,7 @@ def gaussian_blur(masks: torch.Tensor, kernel_size: int, sigma: float) -> torch.
 
 
 def centroid_gaussian(mask: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Official "Gaussian blur" of the reference mask (spec §5.2 step 3): a bump at each frame's centroid.
+    """Official "Gaussian blur" of the reference mask (docs/algorithm.md §5): a bump at each frame's centroid.
 
     Args:
         mask: `(F, H, W)` binary.
@@ -178,7 +178,7 @@ def centroid_gaussian(mask: torch.Tensor, sigma: float) -> torch.Tensor:
 def reference_subject_weights(
     normalised: torch.Tensor, threshold: float, blur_kernel_size: int, blur_sigma: float, centroid_sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground and background weights of the reference video (spec §5.2 step 3).
+    """Foreground and background weights of the reference video (docs/algorithm.md §5).
 
     Args:
         normalised: `(F, H, W)` from `normalise_per_frame`.
@@ -205,7 +205,7 @@ def reference_subject_weights(
 def generated_subject_weights(
     normalised: torch.Tensor, threshold: float, blur_kernel_size: int, blur_sigma: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground and background weights of the generated ("app") video (spec §5.2 step 4).
+    """Foreground and background weights of the generated ("app") video (docs/algorithm.md §5).
 
     Args:
         normalised: `(F, H, W)` from `normalise_per_frame`; threshold: tau_app (official 0.3).
@@ -220,7 +220,7 @@ def generated_subject_weights(
 
 
 def upsample_weights(weights: torch.Tensor, factor: int) -> torch.Tensor:
-    """Nearest-neighbour upsampling, `(F, H, W) -> (F, H*factor, W*factor)` (spec §5.2 step 5).
+    """Nearest-neighbour upsampling, `(F, H, W) -> (F, H*factor, W*factor)` (docs/algorithm.md §5).
 
     The official up_blocks.2 masks are the up_blocks.1 masks upsampled this way with factor 2.
     """

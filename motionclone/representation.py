@@ -1,4 +1,4 @@
-"""The motion representation: sparse top-k temporal attention of a reference clip (spec §4, §5.1).
+"""The motion representation: sparse top-k temporal attention of a reference clip (docs/algorithm.md §3, §4).
 
 For every temporal-attention layer of the guided blocks, the reference's probabilities
 `A[p, h, i, j]` (position p, head h, query frame i, key frame j) are reduced to their k largest entries
@@ -106,7 +106,7 @@ class MotionRepresentation:
 
 
 def top_k_representation(probs: dict[str, torch.Tensor], k: int, metadata: MotionMetadata) -> MotionRepresentation:
-    """Keep the `k` largest probabilities along the key-frame axis of every layer (spec §4, v2 `topk`).
+    """Keep the `k` largest probabilities along the key-frame axis of every layer (docs/algorithm.md §3).
 
     Args:
         probs: layer name -> `(N, heads, F, F)` probabilities (rows sum to 1) of the reference.
@@ -147,7 +147,7 @@ def stack_timesteps(entries: list[MotionRepresentation], metadata: MotionMetadat
 def motion_loss(
     probs: dict[str, torch.Tensor], target_values: dict[str, torch.Tensor], target_indices: dict[str, torch.Tensor]
 ) -> torch.Tensor:
-    """Primary temporal-attention loss, v2 form (spec §5.1), without the guidance weight.
+    """Primary temporal-attention loss, v2 form (docs/algorithm.md §4, §6), without the guidance weight.
 
     `L = sum_m mean_{p,h,i,k} (A_gen^m[p, h, i, J^m[p, h, i, k]] - V^m[p, h, i, k])^2`
 

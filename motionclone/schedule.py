@@ -1,4 +1,4 @@
-"""MotionClone's timestep schedule and the guidance ramp (arXiv 2406.05338 v4/v5 code, spec §5.1, §6).
+"""MotionClone's timestep schedule and the guidance ramp (arXiv 2406.05338 v4/v5 code, docs/algorithm.md §6).
 
 The official sampler does not space its timesteps evenly. It packs the guided steps densely into the
 high-noise band `t in [1000 (1 - fraction), 999]`, where motion is laid down, and spreads the remaining
@@ -38,7 +38,7 @@ def guided_band_start(guided_fraction: float, train_timesteps: int = TRAIN_TIMES
 def motionclone_timesteps(
     steps: int, guided_steps: int, guided_fraction: float, train_timesteps: int = TRAIN_TIMESTEPS
 ) -> MotionCloneSchedule:
-    """The official "uneven" schedule (spec §6, `schedule_set_timesteps`).
+    """The official "uneven" schedule (docs/algorithm.md §6, `schedule_set_timesteps`).
 
     Guided: `round(linspace(b, T - 1, G))`, unguided: `round(linspace(0, b - 1, N - G))`, both descending,
     with `b = int((1 - fraction) * T)`; numpy's round (half to even), as the official code.
@@ -73,7 +73,7 @@ def resolve_guided_steps(steps: int, guided_steps: int) -> int:
 
 @dataclass(frozen=True)
 class GuidanceRamp:
-    """Loss weight per guided step: `weight * warm(i) * cool(i)` (spec §5.1, v2 `single_step_video`).
+    """Loss weight per guided step: `weight * warm(i) * cool(i)` (docs/algorithm.md §4, §6, v2 `single_step_video`).
 
     `warm(i) = (i + 1) / warm_up` for `i < warm_up`; `cool(i) = (G - i) / cool_down` for `i > G - cool_down`;
     1 otherwise. With G = 50 and cool_down = 10, steps 41..49 are scaled 0.9..0.1.
@@ -85,7 +85,7 @@ class GuidanceRamp:
     cool_down: int = 10
 
     def warm_up_factor(self, step: int) -> float:
-        """`warm(i)` alone, 0 outside the guided steps (v1 scales its semantic term by this only, spec §5.1)."""
+        """`warm(i)` alone, 0 outside the guided steps (v1 scales its semantic term by this only, docs/algorithm.md §4, §6)."""
         if not 0 <= step < self.guided_steps:
             return 0.0
         return (step + 1) / self.warm_up if step < self.warm_up else 1.0
@@ -104,7 +104,7 @@ class GuidanceRamp:
 class CombinedWeights:
     """Motion guidance (`motion`, warm-up and cool-down) plus location-aware semantic guidance.
 
-    The semantic term follows v1 (spec §5.1-5.2): `semantic_weight * warm(i)`, no cool-down. A step is
+    The semantic term follows v1 (docs/algorithm.md §5, §6): `semantic_weight * warm(i)`, no cool-down. A step is
     guided when either term is positive.
     """
 

@@ -1,4 +1,4 @@
-"""Location-aware semantic guidance, MotionClone v1's appearance term (spec §5.2 "Features compared" to "Total").
+"""Location-aware semantic guidance, MotionClone v1's appearance term (docs/algorithm.md §5).
 
 The features are the temporal-attention keys `k = to_k(x + PE)` of the motion-module layers. The generated
 video's keys are pooled with the *reference* video's subject masks (motion is cloned, so the new subject
@@ -27,7 +27,7 @@ SubjectWeights = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  
 
 
 def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    """At least float32: pooled sums over HW positions can overflow fp16 (spec §11 item 15)."""
+    """At least float32: pooled sums over HW positions can overflow fp16 (docs/algorithm.md §10)."""
     dtype = torch.float32
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -47,7 +47,7 @@ def keys_to_frame_major(keys: torch.Tensor) -> torch.Tensor:
 
 
 def pooled_features(keys: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Weighted mean key per frame (spec §5.2 "Per-layer loss"): `sum_p K[f, p] M[f, p] / (sum_p M[f, p] + 1e-5)`.
+    """Weighted mean key per frame (docs/algorithm.md §5): `sum_p K[f, p] M[f, p] / (sum_p M[f, p] + 1e-5)`.
 
     Args:
         keys: `(F, HW, C)`; weights: `(F, HW)` (or `(F, H, W)`, flattened) non-negative mask weights.
@@ -82,7 +82,7 @@ def semantic_layer_loss(
     appearance_fg: torch.Tensor,
     appearance_bg: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-layer location-aware loss (spec §5.2 "Per-layer loss").
+    """Per-layer location-aware loss (docs/algorithm.md §5).
 
     Args:
         generated_keys, appearance_keys: `(F, HW, C)` (`keys_to_frame_major`); only the first gets gradients.
@@ -102,7 +102,7 @@ def semantic_layer_loss(
 
 
 def global_semantic_layer_loss(generated_keys: torch.Tensor, appearance_keys: torch.Tensor) -> torch.Tensor:
-    """Per-layer loss without a subject, camera-motion mode (spec §5.2 "Global mode").
+    """Per-layer loss without a subject, camera-motion mode (docs/algorithm.md §5, global mode).
 
     Args:
         generated_keys, appearance_keys: `(F, HW, C)`; only the first gets gradients.
@@ -125,7 +125,7 @@ def semantic_loss(
     layer_count: int,
     masks: Mapping[str, SubjectWeights] | None,
 ) -> torch.Tensor:
-    """Total location-aware semantic loss (spec §5.2 "Total"): `sum_m w_m L_m / layer_count`.
+    """Total location-aware semantic loss (docs/algorithm.md §5): `sum_m w_m L_m / layer_count`.
 
     The official total is `100 * mean over all listed layers of (weight_each / 100) L_m`, which is the same
     number: with weight_each [500, 0] on up_blocks.1 and .2 (6 layers each) use weight 500 for the six

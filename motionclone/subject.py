@@ -1,4 +1,4 @@
-"""Subjects for location-aware semantic guidance (MotionClone Sec. 3.3, spec §5.2): words, masks, settings.
+"""Subjects for location-aware semantic guidance (MotionClone Sec. 3.3, docs/algorithm.md §5): words, masks, settings.
 
 A `SubjectMask` names a subject by the token positions of its word(s) in a prompt, with the settings
 that turn that subject's cross-attention into foreground/background weights. The *reference* subject's
@@ -33,7 +33,7 @@ def prompt_words(prompt: str) -> list[str]:
 def find_token_positions(
     prompt_tokens: Sequence[int], word_tokens: dict[str, Sequence[int]], prompt: str
 ) -> tuple[int, ...]:
-    """Positions of each word's tokens in the prompt's token sequence (spec §5.2 "Token indices").
+    """Positions of each word's tokens in the prompt's token sequence (docs/algorithm.md §5).
 
     Args:
         prompt_tokens: the prompt's token ids, BOS included, as the text encoder sees them.

@@ -1,4 +1,4 @@
-"""'MotionClone: DDIM Inversion': the reference clip's DDIM trajectory (MotionClone v1, spec §1.3 step 1)."""
+"""'MotionClone: DDIM Inversion': the reference clip's DDIM trajectory (MotionClone v1, docs/algorithm.md §8)."""
 
 from __future__ import annotations
 

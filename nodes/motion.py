@@ -133,7 +133,7 @@ class ExtractMotion(io.ComfyNode):
 def _motion_from_inversion(model, inversion, conditioning, metadata: MotionMetadata, steps: int, guided_steps: int,
                            guided_fraction: float) -> tuple:
     """Top-k motion at every guided timestep of the sampling schedule, each read from the inverted latent
-    nearest to it at that latent's own noise level (v1 reads the reference at the same t, spec §1.3)."""
+    nearest to it at that latent's own noise level (v1 reads the reference at the same t, docs/algorithm.md §1)."""
     guided = motionclone_timesteps(steps, resolve_guided_steps(steps, guided_steps), guided_fraction).guided
     nearest = [inversion.nearest(t) for t in guided]
     states = [(inversion.latents[s], inversion.sigmas[s]) for s in nearest]

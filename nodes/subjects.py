@@ -1,4 +1,4 @@
-"""Subject masks from cross-attention, and the settings of location-aware semantic guidance (spec §5.2)."""
+"""Subject masks from cross-attention, and the settings of location-aware semantic guidance (docs/algorithm.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DDIM inversion (spec §1.3 step 1) against closed forms and an independent loop of the official formulas."""
+"""DDIM inversion (docs/algorithm.md §8) against closed forms and an independent loop of the official formulas."""
 
 from __future__ import annotations
 
@@ -86,7 +86,7 @@ def test_gaussian_data_reconstruction_error_shrinks_with_more_steps():
 
 
 def _official_inversion(z0, timesteps, eps):
-    """The official `next_step` loop, written from spec §1.3 step 1 with its own variable names."""
+    """The official `next_step` loop, written from docs/algorithm.md §8 with its own variable names."""
     latents, alpha_prod_t = z0, torch.tensor(1.0, dtype=torch.float64)  # final_alpha_cumprod
     kept = []
     for t in timesteps:

@@ -1,4 +1,4 @@
-"""Subject masks (spec §5.2 "Masks"): OpenCV parity of the blur, edge cases, and an independent official pipeline."""
+"""Subject masks (docs/algorithm.md §5): OpenCV parity of the blur, edge cases, and an independent official pipeline."""
 
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ def test_subject_attention_refuses_bad_input():
         subject_attention([layers[0], _cross_attention(2, 2, 4, 6, 1)], [1])
 
 
-# --- the official compute_cross_attn_mask, written independently from spec §5.2 steps 1-5 ----------------
+# --- the official compute_cross_attn_mask, written independently from docs/algorithm.md §5 ----------------
 
 
 def _official_centroid_gaussian(mask: np.ndarray, sigma: float) -> np.ndarray:

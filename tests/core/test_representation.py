@@ -60,7 +60,7 @@ def test_index_dtype_is_the_smallest_that_fits():
 
 
 def test_size_of_the_official_setting():
-    """16 frames at 512x512, up_blocks.1 (16x16 positions, 8 heads, 6 layers), k = 1: 576 KiB (spec §4)."""
+    """16 frames at 512x512, up_blocks.1 (16x16 positions, 8 heads, 6 layers), k = 1: 576 KiB (docs/algorithm.md §3)."""
     layers = tuple(f"layer{i}" for i in range(6))
     probs = {name: torch.full((256, 8, 16, 16), 1 / 16) for name in layers}
     rep = top_k_representation(probs, 1, _metadata(frames=16, layers=layers))

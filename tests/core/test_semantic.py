@@ -1,4 +1,4 @@
-"""Location-aware semantic loss (spec §5.2) against direct formulas written independently here."""
+"""Location-aware semantic loss (docs/algorithm.md §5) against direct formulas written independently here."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from workflows import (CPU_OVERRIDES, FRONTEND_ONLY_NODES, load_workflow, named_
 
 OUTPUT_SIZE = (CPU_OVERRIDES["width"], CPU_OVERRIDES["height"])
 
-# The official settings (spec section 7) the committed workflows must keep: (node, widget) -> allowed values.
+# The official settings (docs/algorithm.md §9) the committed workflows must keep: (node, widget) -> allowed values.
 OFFICIAL = {
     ("MotionCloneExtractMotion", "width"): {512}, ("MotionCloneExtractMotion", "height"): {512},
     ("MotionCloneExtractMotion", "timestep"): {400}, ("MotionCloneExtractMotion", "top_k"): {1},
