@@ -40,11 +40,24 @@ class MotionModuleSpec:
         return f"AnimateDiff {self.version} (SD1.5, up to {self.max_frames} frames{mid})"
 
 
+def is_safetensors_file(path: str) -> bool:
+    """Whether the file's content is safetensors (an 8-byte little-endian header length, then a JSON object).
+
+    The format is read from the content, not the extension: files get renamed.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    header_length = int.from_bytes(head[:8], "little")
+    return 2 <= header_length <= os.path.getsize(path) - 8
+
+
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """Load the tensors of a `.safetensors`, `.ckpt`, `.pt`, `.pth` or `.bin` file onto the CPU."""
+    """Load the tensors of a safetensors or torch (`.ckpt`, `.pt`, `.pth`, `.bin`) file onto the CPU."""
     name = os.path.basename(path)
     try:
-        if path.lower().endswith(".safetensors"):
+        if is_safetensors_file(path):
             import safetensors.torch
 
             state = safetensors.torch.load_file(path, device="cpu")

@@ -14,7 +14,8 @@ import safetensors.torch
 import torch
 
 from .errors import MotionFileError
-from .representation import FORMAT_VERSION, MotionMetadata, MotionRepresentation
+from .representation import FORMAT_VERSION, MotionRepresentation
+from .validation import excerpt, metadata_from_header, validate_representation
 
 FORMAT_KEY = "motionclone.format"
 METADATA_KEY = "motionclone.metadata"
@@ -46,52 +47,32 @@ def load_motion(path: str) -> MotionRepresentation:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:  # noqa: BLE001 - safetensors raises several types for damaged files
         raise MotionFileError(
-            f"Motion file '{name}' cannot be read ({error}). It is damaged or not a .safetensors file; "
-            "extract the motion again with 'MotionClone: Extract Motion' and save it."
+            f"Motion file {excerpt(name)} cannot be read as safetensors ({type(error).__name__}): it is damaged or "
+            "not a .safetensors file. Extract the motion again with 'MotionClone: Extract Motion' and save it."
         ) from error
     if FORMAT_KEY not in header:
         raise MotionFileError(
-            f"'{name}' is a .safetensors file but not a MotionClone motion file (no '{FORMAT_KEY}' in its header)."
+            f"{excerpt(name)} is a .safetensors file but not a MotionClone motion file (no '{FORMAT_KEY}' in its "
+            "header). Pick a file saved by 'MotionClone: Save Motion'."
         )
-    try:
-        version = int(header[FORMAT_KEY])
-    except ValueError as error:
-        raise MotionFileError(f"Motion file '{name}' has a damaged header ({FORMAT_KEY}={header[FORMAT_KEY]!r}).") from error
+    source = f"Motion file {excerpt(name)}"
+    format_text = header[FORMAT_KEY]
+    if not (isinstance(format_text, str) and format_text.isdecimal() and len(format_text) <= 6):
+        raise MotionFileError(f"{source} has a damaged header ({FORMAT_KEY}={excerpt(format_text)}): extract the motion again.")
+    version = int(format_text)
     if version > FORMAT_VERSION:
         raise MotionFileError(
-            f"Motion file '{name}' uses format {version}, but this version of ComfyUI-MotionClone reads up to "
+            f"{source} uses format {version}, but this version of ComfyUI-MotionClone reads up to "
             f"format {FORMAT_VERSION}. Update the ComfyUI-MotionClone node pack."
         )
     try:
-        raw = json.loads(header[METADATA_KEY])
-        metadata = MotionMetadata(
-            frames=int(raw["frames"]), latent_height=int(raw["latent_height"]), latent_width=int(raw["latent_width"]),
-            layers=tuple(raw["layers"]), blocks=tuple(raw["blocks"]), top_k=int(raw["top_k"]),
-            timestep=int(raw["timestep"]), model_family=str(raw["model_family"]),
-            timesteps=tuple(int(t) for t in raw.get("timesteps", ())), format_version=version,
-        )
-        values = {layer: tensors[f"{layer}.values"] for layer in metadata.layers}
-        indices = {layer: tensors[f"{layer}.indices"] for layer in metadata.layers}
-    except (KeyError, TypeError, ValueError) as error:
-        raise MotionFileError(
-            f"Motion file '{name}' is damaged: its header or tensors are incomplete ({error!r}). Extract the motion again."
-        ) from error
-    _check_shapes(name, metadata, values, indices)
-    return MotionRepresentation(metadata, values, indices)
-
-
-def _check_shapes(name: str, metadata: MotionMetadata, values: dict, indices: dict) -> None:
-    for layer in metadata.layers:
-        v, j = values[layer], indices[layer]
-        expected_tail = (metadata.frames, metadata.top_k)
-        lead = (len(metadata.timesteps),) if metadata.timesteps else ()
-        if v.shape != j.shape or tuple(v.shape[-2:]) != expected_tail or tuple(v.shape[:-4]) != lead or v.ndim != 4 + len(lead):
-            expected = ", ".join(map(str, (*lead, "positions", "heads", metadata.frames, metadata.top_k)))
-            raise MotionFileError(
-                f"Motion file '{name}' is damaged: layer {layer} has values {tuple(v.shape)} and indices "
-                f"{tuple(j.shape)}, expected ({expected}) for both."
-            )
-        if j.dtype.is_floating_point or (j.numel() and int(j.max()) >= metadata.frames):
-            raise MotionFileError(f"Motion file '{name}' is damaged: layer {layer} has key-frame indices out of range.")
-        if v.dtype != torch.float16:
-            raise MotionFileError(f"Motion file '{name}' is damaged: layer {layer} values are {v.dtype}, expected float16.")
+        raw = json.loads(header.get(METADATA_KEY, ""))
+    except ValueError as error:
+        raise MotionFileError(f"{source} is damaged: its '{METADATA_KEY}' header is not JSON. Extract the motion again.") from error
+    metadata = metadata_from_header(raw, version, source)
+    missing = [f"{layer}.{kind}" for layer in metadata.layers for kind in ("values", "indices") if f"{layer}.{kind}" not in tensors]
+    if missing:
+        raise MotionFileError(f"{source} is damaged: tensor {excerpt(missing[0])} is missing. Extract the motion again.")
+    values = {layer: tensors[f"{layer}.values"] for layer in metadata.layers}
+    indices = {layer: tensors[f"{layer}.indices"] for layer in metadata.layers}
+    return validate_representation(MotionRepresentation(metadata, values, indices), source)

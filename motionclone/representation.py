@@ -100,8 +100,9 @@ class MotionRepresentation:
         """
         entry = self.entry_for(timestep) if self.metadata.timesteps else None
         pick = (lambda t: t) if entry is None else (lambda t: t[entry])
-        values = {name: pick(v).to(device=device, dtype=torch.float32) for name, v in self.values.items()}
-        indices = {name: pick(j).to(device=device, dtype=torch.int64) for name, j in self.indices.items()}
+        # Always copies: the results take part in a backward, which cannot save inference-mode tensors.
+        values = {name: pick(v).to(device=device, dtype=torch.float32, copy=True) for name, v in self.values.items()}
+        indices = {name: pick(j).to(device=device, dtype=torch.int64, copy=True) for name, j in self.indices.items()}
         return values, indices
 
 

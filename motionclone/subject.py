@@ -78,10 +78,26 @@ class SubjectMask:
     centroid_sigma: float = 5.0
     foreground: torch.Tensor | None = field(default=None, repr=False)
     background: torch.Tensor | None = field(default=None, repr=False)
+    # `(1, 77, C)`: the first 77 tokens of `prompt` as the text encoder encodes them, to recognise the prompt.
+    prompt_encoding: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def has_weights(self) -> bool:
         return self.foreground is not None
+
+    def encodes_same_prompt(self, conditioning: torch.Tensor) -> bool:
+        """Whether `(1, T, C)` text conditioning starts with this mask's prompt (True when it is not known).
+
+        Only the first 77 tokens count: token positions index that chunk, and a longer prompt
+        (ConditioningConcat) keeps it. The tolerance allows the text encoder's dtype and device to differ.
+        """
+        if self.prompt_encoding is None:
+            return True
+        ours = self.prompt_encoding.float()
+        theirs = conditioning[:1, : ours.shape[1]].float().to(ours.device)
+        if theirs.shape != ours.shape:
+            return False
+        return bool(torch.allclose(theirs, ours, rtol=1e-2, atol=1e-2 * float(ours.abs().max().clamp(min=1e-6))))
 
     def describe(self) -> str:
         where = (f"{self.foreground.shape[0]} frames at {self.foreground.shape[2]}x{self.foreground.shape[1]} cells"

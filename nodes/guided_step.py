@@ -12,7 +12,6 @@ validated there once, and dropped with the run.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import comfy.samplers
@@ -28,11 +27,10 @@ from ..motionclone import (
 )
 from ..motionclone.errors import MotionCloneError
 from ..motionclone.subject import SemanticSettings
+from ..motionclone.validation import excerpt, require_finite
 from .autograd import attention_loss_gradient, capture_forward, new_capture, prediction_with_attention_gradient
 from .patching import SamplingRun
 from .semantic import AppearanceBranch, appearance_targets, semantic_losses
-
-logger = logging.getLogger("MotionClone")
 
 
 @dataclass(frozen=True)
@@ -93,7 +91,7 @@ class GuidanceRun:
         return self.targets.values, self.targets.indices
 
 
-def guidance_run(run: SamplingRun, guidance: Guidance, x: torch.Tensor) -> GuidanceRun:
+def guidance_run(run: SamplingRun, guidance: Guidance, guider, x: torch.Tensor) -> GuidanceRun:
     """The run's `GuidanceRun` for `guidance`, created and validated at its first use in the run."""
     if run.guidance is not None:
         if run.guidance.guidance is not guidance:
@@ -103,16 +101,16 @@ def guidance_run(run: SamplingRun, guidance: Guidance, x: torch.Tensor) -> Guida
                 "'MotionClone: Guidance' to 'MotionClone Sampler', or sample the guided MODEL with a stock sampler."
             )
         return run.guidance
-    _validate(guidance.representation, run, x)
+    _validate(guidance, run, guider, x)
     run.guidance = GuidanceRun(guidance, run.motion_model)
     return run.guidance
 
 
-def _validate(representation: MotionRepresentation, run: SamplingRun, x: torch.Tensor) -> None:
+def _validate(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor) -> None:
+    """Once per run, before the first guided forward: the MOTION fits the latent and the MODEL, the inputs
+    are finite, and a subject mask belongs to the positive prompt."""
+    representation = guidance.representation
     check_fits(representation, x.shape[0], x.shape[-2], x.shape[-1])
-    if representation.metadata.model_family != run.motion_model.family:
-        logger.warning("The MOTION was extracted with %s but this MODEL carries %s; extract with the motion module "
-                       "you sample with for faithful motion.", representation.metadata.model_family, run.motion_model.family)
     available = set(run.motion_model.attention_layer_names(representation.metadata.blocks))
     missing = [layer for layer in representation.metadata.layers if layer not in available]
     if missing:
@@ -120,6 +118,21 @@ def _validate(representation: MotionRepresentation, run: SamplingRun, x: torch.T
             f"The MOTION uses layer {missing[0]}, which this MODEL's motion module does not have. "
             "Extract the motion with the same motion module you sample with."
         )
+    require_finite(x, "The latent being sampled", "Check the nodes before the sampler's latent input.")
+    for kind in ("positive", "negative"):
+        for cond in guider.original_conds.get(kind, []):
+            if cond.get("cross_attn") is not None:
+                require_finite(cond["cross_attn"], f"The {kind} conditioning", "Re-encode the prompt with CLIP Text Encode.")
+    subject = guidance.semantic.subject if guidance.semantic is not None else None
+    if subject is not None:
+        positive = [c["cross_attn"] for c in guider.original_conds.get("positive", []) if c.get("cross_attn") is not None]
+        if positive and not subject.encodes_same_prompt(positive[0]):
+            raise MotionCloneError(
+                f"'subject_mask' was made for the prompt {excerpt(subject.prompt)} (subject '{' '.join(subject.words)}' "
+                "at its token positions), but the positive conditioning being sampled encodes another prompt, so the "
+                "mask would follow other words. Type the sampler's positive prompt into that 'Cross-Attention Mask' "
+                "node's 'prompt' (the same text, with the same CLIP)."
+            )
 
 
 def check_fits(representation: MotionRepresentation, frames: int, latent_height: int, latent_width: int) -> None:
@@ -216,7 +229,7 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
         return None
     if not plan.guided and not measure_unguided:
         return GuidedStep(plan, {})
-    state = guidance_run(run, guidance, x)
+    state = guidance_run(run, guidance, guider, x)
     sigma, sigma_next = schedule[position], schedule[position + 1]
     targets = state.motion_targets(timesteps[position], x.device)
     appearance = None
@@ -237,9 +250,10 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
         _, grad = attention_loss_gradient(run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss,
                                           guidance.key_blocks)
     if not torch.isfinite(grad).all():
+        require_finite(x, f"The latent at guided step {plan.index + 1}", "The sampling diverged: lower motion_weight.")
         raise MotionCloneError(
-            "The motion-guidance gradient is not finite (fp16 overflow). Lower motion_weight, or run the model "
-            "in fp32 (ComfyUI's --force-fp32)."
+            "The motion-guidance gradient is not finite although its inputs are (a numeric overflow, usually fp16). "
+            "Lower motion_weight, or run the model in fp32 (ComfyUI's --force-fp32)."
         )
     return GuidedStep(plan, loss.losses, grad, prediction)
 

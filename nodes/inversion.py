@@ -13,6 +13,8 @@ from comfy_api.latest import io, ui
 
 from ..motionclone import MotionCloneError
 from ..motionclone.inversion import ddim_inversion, inversion_timesteps
+from ..motionclone.validation import require_finite
+from .checks import check_conditioning, check_frame_limit
 from .patching import require_motion_model
 from .types import InversionSocket
 
@@ -104,6 +106,10 @@ class DDIMInversion(io.ComfyNode):
         if latent.get("noise_mask") is not None:
             raise MotionCloneError("'latent' has a noise mask; DDIM inversion inverts the whole clip. Remove the mask.")
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+        require_finite(samples, "'latent'", "Encode the reference clip again with VAE Encode.")
+        check_conditioning(conditioning, "conditioning")
+        check_frame_limit(motion_model, samples.shape[0], "latent", "Encode at most that many frames, e.g. with "
+                          "'MotionClone: Select Frames' (its 'frames' input) before VAE Encode.")
         timesteps = inversion_timesteps(steps)
         table = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
         sigmas = table[list(timesteps)]

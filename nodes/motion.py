@@ -23,7 +23,9 @@ from ..motionclone import (
     stack_timesteps,
     top_k_representation,
 )
+from ..motionclone.validation import require_finite
 from .autograd import capture_attention
+from .checks import check_conditioning, check_frame_limit, checked_motion
 from .guided_sampling import read_model, reference_attention
 from .patching import require_motion_model
 from .types import InversionSocket, MotionSocket
@@ -107,7 +109,11 @@ class ExtractMotion(io.ComfyNode):
                 raise MotionCloneError("Connect 'clip' (to encode the empty prompt, as the official code) or a "
                                        "'conditioning' describing the reference clip.")
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
+        check_conditioning(conditioning, "conditioning")
         frames = samples.shape[0]
+        source = "inversion" if inversion is not None else ("latent" if latent is not None else "images")
+        check_frame_limit(motion_model, frames, source, "Pick at most that many frames of the clip, e.g. with "
+                          "'MotionClone: Select Frames' (its 'frames' input) in front of this node.")
         if top_k > frames:
             raise MotionCloneError(f"top_k ({top_k}) exceeds the clip's frame count ({frames}); use at most {frames}.")
         block_names = BLOCK_CHOICES[blocks]
@@ -155,12 +161,16 @@ def _reference_latent(images, vae, latent, width: int, height: int, resize: str)
     if latent is not None:
         if images is not None:
             raise MotionCloneError("Connect either 'images' (+ 'vae') or 'latent' as the reference clip, not both.")
+        require_finite(latent["samples"], "'latent'", "Encode the reference clip again with VAE Encode.")
         return latent["samples"]
     if images is None:
         raise MotionCloneError("Connect the reference clip: 'images' with a 'vae', or an encoded 'latent'.")
     if vae is None:
         raise MotionCloneError("'images' needs a 'vae' to encode them; connect your checkpoint's VAE.")
-    return vae.encode(resize_frames(images[..., :3], width, height, resize))
+    require_finite(images, "'images'", "Check the nodes that make the reference frames (a video loader gives 0..1 values).")
+    encoded = vae.encode(resize_frames(images[..., :3], width, height, resize))
+    require_finite(encoded, "The VAE encoding of 'images'", "Use your checkpoint's VAE, or run the VAE in fp32 (--fp32-vae).")
+    return encoded
 
 
 class SaveMotion(io.ComfyNode):
@@ -183,6 +193,8 @@ class SaveMotion(io.ComfyNode):
 
     @classmethod
     def execute(cls, motion, filename_prefix: str) -> io.NodeOutput:
+        motion = checked_motion(motion)
+        _check_prefix(filename_prefix)
         folder = folder_paths.get_folder_paths(MOTION_FOLDER)[0]
         os.makedirs(folder, exist_ok=True)
         full_folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, folder)
@@ -192,6 +204,26 @@ class SaveMotion(io.ComfyNode):
         relative = os.path.join(subfolder, name) if subfolder else name
         logger.info("Saved motion to %s", os.path.join(full_folder, name))
         return io.NodeOutput(ui=ui.PreviewText(f"Saved models/{MOTION_FOLDER}/{relative}: {motion.metadata.describe()}"))
+
+
+MAX_PREFIX_PART = 100  # characters per folder or file name of the prefix: the counter and suffix must fit in 255
+
+
+def _check_prefix(prefix: str) -> None:
+    """Refuse prefixes that make hidden, unwritable or unreadable names, before the OS does with a raw error."""
+    parts = prefix.replace("\\", "/").split("/")
+    problem = None
+    if not prefix.strip() or not parts[-1].strip():
+        problem = "is empty (the file would be a hidden '._00001_.safetensors')"
+    elif any(ord(c) < 32 or c in '<>:"|?*' for c in prefix):
+        problem = "contains a control character or one of < > : \" | ? *"
+    elif any(len(part) > MAX_PREFIX_PART for part in parts):
+        problem = f"has a folder or file name longer than {MAX_PREFIX_PART} characters"
+    elif any(part.startswith(".") for part in parts if part):
+        problem = "has a name starting with '.' (hidden, or outside models/motionclone)"
+    if problem:
+        raise MotionCloneError(f"'filename_prefix' {problem}. Type a short name such as 'motion' or 'walks/fox' "
+                               "(letters, digits, '-', '_'; '/' for subfolders).")
 
 
 class LoadMotion(io.ComfyNode):

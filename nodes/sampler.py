@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import comfy.patcher_extension
 import comfy.sample
 import comfy.utils
 import latent_preview
@@ -10,9 +11,11 @@ from comfy_api.latest import io, ui
 
 from ..motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
+from ..motionclone.validation import require_finite
+from .checks import check_conditioning, check_number, checked_motion, family_warning, refuse_stacked_guidance
 from .guided_sampling import MotionGuidanceWrapper, motionclone_ksampler
 from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
-from .patching import apply_motion_guidance, require_motion_model
+from .patching import GUIDANCE_KEY, apply_motion_guidance, motion_model_of, require_motion_model
 from .types import MotionSocket, SemanticGuidanceSocket
 
 CFG_TOOLTIP = ("Classifier-free guidance in ComfyUI's convention: uncond + cfg * (cond - uncond). The official "
@@ -98,11 +101,18 @@ class MotionCloneSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
                 motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None) -> io.NodeOutput:
-        require_motion_model(model)
+        motion_model = require_motion_model(model)
+        refuse_stacked_guidance(model)
+        motion = checked_motion(motion)
+        check_number(motion_weight, "motion_weight")
+        check_conditioning(positive, "positive")
+        check_conditioning(negative, "negative")
         if latent_image.get("noise_mask") is not None:
             raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+        require_finite(samples, "'latent_image'", "Connect an Empty Latent Image, or check the nodes before 'latent_image'.")
         check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
+        warning = family_warning(motion_model, motion)
         sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
         check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
         log = GuidanceLog()
@@ -114,7 +124,8 @@ class MotionCloneSampler(io.ComfyNode):
                                          callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         result = latent_image.copy()
         result["samples"] = out
-        summary = [_loss_summary("Motion", log.of("motion"), motion_weight > 0)]
+        summary = [warning] if warning else []
+        summary.append(_loss_summary("Motion", log.of("motion"), motion_weight > 0))
         if semantic_guidance is not None:
             summary.append(_loss_summary("Semantic", log.of("semantic"), settings.semantic_weight > 0))
         return io.NodeOutput(result, ui={"text": ["\n".join(summary)], "motion_loss": log.of("motion"),
@@ -172,9 +183,16 @@ class MotionCloneGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
                 semantic_guidance=None) -> io.NodeOutput:
+        motion = checked_motion(motion)
+        check_number(motion_weight, "motion_weight")
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
-        wrapper = MotionGuidanceWrapper(Guidance(motion, settings, semantic_guidance))
-        return io.NodeOutput(apply_motion_guidance(model, wrapper))
+        patched = apply_motion_guidance(model, MotionGuidanceWrapper(Guidance(motion, settings, semantic_guidance)))
+        warning = family_warning(motion_model_of(model), motion)
+        text = [warning] if warning else []
+        if model.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY):
+            text.append("This MODEL already carried 'MotionClone: Guidance'; this node's guidance replaces it "
+                        "(one guidance per MODEL).")
+        return io.NodeOutput(patched, ui=ui.PreviewText("\n".join(text)) if text else None)
 
 
 NODES = [MotionCloneSampler, MotionCloneScheduler, MotionCloneGuidance]

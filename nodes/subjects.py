@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import comfy.sample
 import torch
 import torch.nn.functional as F
@@ -101,6 +103,10 @@ class CrossAttentionMask(io.ComfyNode):
         words, positions = subject_token_positions(clip, prompt, subject)
         mask = SubjectMask(words, prompt, positions, threshold, blur_kernel_size, blur_sigma, centroid_sigma)
         if inversion is None and latent is None:
+            # The new subject's mask is read from the sampler's positive prompt: remember it, so that the sampler
+            # can tell when another prompt is connected (its token positions would point at other words).
+            encoding = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))[0][0][:1, :77].detach().cpu().clone()
+            mask = dataclasses.replace(mask, prompt_encoding=encoding)
             text = f"{mask.describe()}: connect it as 'subject_mask' of 'MotionClone: Semantic Guidance'."
             return io.NodeOutput(torch.zeros(1, 64, 64), mask, ui=ui.PreviewText(text))
         clip_latent, noise, state = _source_state(inversion, latent, timestep, seed, model)

@@ -21,7 +21,7 @@ from motionclone import (
     top_k_representation,
 )
 
-LAYERS = ("up_blocks.1.motion_modules.0.attention_blocks.0", "up_blocks.1.motion_modules.0.attention_blocks.1")
+LAYERS = tuple(f"up_blocks.1.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.{i}" for i in (0, 1))
 
 
 def _metadata(frames=6, k=1, layers=LAYERS, timesteps=()) -> MotionMetadata:

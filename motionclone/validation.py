@@ -1,0 +1,156 @@
+"""Checks at the door: a MOTION is validated wherever it enters (a file, a node input) before any math runs.
+
+Every failure is a `MotionFileError` that names the source (the file or the input), the layer or field,
+what was expected and what was found, and the fix. Text from a file is never echoed beyond a short excerpt
+(`excerpt`), so a hostile or damaged header cannot flood the node's text, the history or the log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+from .errors import MotionCloneError, MotionFileError
+from .motion_module import MOTION_MODULE_HEADS
+from .representation import FORMAT_VERSION, MotionMetadata, MotionRepresentation
+
+EXCERPT_CHARS = 60
+MAX_TEXT_CHARS = 200  # model_family, layer and block names
+MAX_LAYERS = 64  # v2 has 32 attention layers in all blocks
+MAX_FRAMES = 4096
+MAX_LATENT_SIDE = 1024  # 8192 px
+MAX_TIMESTEPS = 1000
+BLOCK_DOWNSCALE = {**{f"down_blocks.{i}": i for i in range(4)}, "mid_block": 3, **{f"up_blocks.{i}": 3 - i for i in range(4)}}
+_LAYER = re.compile(r"^(down_blocks\.[0-3]|mid_block|up_blocks\.[0-3])\.motion_modules\.\d+\.temporal_transformer\."
+                    r"transformer_blocks\.\d+\.attention_blocks\.\d+$")
+FIX = "Extract the motion again with 'MotionClone: Extract Motion' (and save it again if it came from a file)."
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text` shortened to `limit` characters for a message, with its full length when cut."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _integer(raw: Mapping, key: str, low: int, high: int, source: str) -> int:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        kind = "missing" if value is None else f"{type(value).__name__} {excerpt(value)}"
+        raise MotionFileError(f"{source} is damaged: metadata field '{key}' should be an integer in {low}..{high}, "
+                              f"found {kind}. {FIX}")
+    if not low <= value <= high:
+        raise MotionFileError(f"{source} is damaged: metadata field '{key}' should lie in {low}..{high}, found "
+                              f"{excerpt(value)}. {FIX}")
+    return value
+
+
+def _text(value, key: str, source: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > MAX_TEXT_CHARS:
+        found = f"{type(value).__name__} {excerpt(value)}" if isinstance(value, str) else type(value).__name__
+        raise MotionFileError(f"{source} is damaged: metadata field '{key}' should be a text of 1..{MAX_TEXT_CHARS} "
+                              f"characters, found {found}. {FIX}")
+    return value
+
+
+def _text_list(raw: Mapping, key: str, limit: int, source: str) -> tuple[str, ...]:
+    value = raw.get(key)
+    if not isinstance(value, list) or not 1 <= len(value) <= limit:
+        found = f"a list of {len(value)}" if isinstance(value, list) else type(value).__name__
+        raise MotionFileError(f"{source} is damaged: metadata field '{key}' should be a list of 1..{limit} names, "
+                              f"found {found}. {FIX}")
+    return tuple(_text(item, key, source) for item in value)
+
+
+def metadata_from_header(raw, format_version: int, source: str) -> MotionMetadata:
+    """Typed, bounded `MotionMetadata` from a motion file's decoded header JSON."""
+    if not isinstance(raw, dict):
+        raise MotionFileError(f"{source} is damaged: its metadata is {type(raw).__name__}, expected an object. {FIX}")
+    frames = _integer(raw, "frames", 1, MAX_FRAMES, source)
+    timesteps = raw.get("timesteps", [])
+    if not isinstance(timesteps, list) or len(timesteps) > MAX_TIMESTEPS:
+        raise MotionFileError(f"{source} is damaged: metadata field 'timesteps' should be a list of at most "
+                              f"{MAX_TIMESTEPS} timesteps. {FIX}")
+    stamps = tuple(_integer({"timesteps": t}, "timesteps", 0, 999, source) for t in timesteps)
+    layers = _text_list(raw, "layers", MAX_LAYERS, source)
+    blocks = _text_list(raw, "blocks", len(BLOCK_DOWNSCALE), source)
+    for block in blocks:
+        if block not in BLOCK_DOWNSCALE:
+            raise MotionFileError(f"{source} is damaged: unknown block {excerpt(block)} in its metadata. {FIX}")
+    for layer in layers:
+        if not _LAYER.match(layer) or not any(layer.startswith(block + ".") for block in blocks):
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} is not a temporal-attention layer of "
+                                  f"the blocks {', '.join(blocks)}. {FIX}")
+    return MotionMetadata(
+        frames=frames,
+        latent_height=_integer(raw, "latent_height", 1, MAX_LATENT_SIDE, source),
+        latent_width=_integer(raw, "latent_width", 1, MAX_LATENT_SIDE, source),
+        layers=layers, blocks=blocks,
+        top_k=_integer(raw, "top_k", 1, frames, source),
+        timestep=_integer(raw, "timestep", 0, 999, source),
+        model_family=_text(raw.get("model_family"), "model_family", source),
+        timesteps=stamps, format_version=format_version,
+    )
+
+
+def positions_of(layer: str, latent_height: int, latent_width: int) -> int:
+    """Spatial positions `h_l * w_l` a layer attends over: the latent halved (rounding up) per UNet level."""
+    block = next(b for b in BLOCK_DOWNSCALE if layer.startswith(b + "."))
+    height, width = latent_height, latent_width
+    for _ in range(BLOCK_DOWNSCALE[block]):
+        height, width = -(-height // 2), -(-width // 2)
+    return height * width
+
+
+def validate_representation(representation: MotionRepresentation, source: str) -> MotionRepresentation:
+    """Check every tensor of `representation` against its metadata: all axes, dtypes, index range, finiteness.
+
+    Args:
+        source: how the message names where the MOTION came from, e.g. "Motion file 'a.safetensors'" or
+            "The MOTION connected to 'motion'".
+
+    Returns:
+        `representation` unchanged.
+    """
+    meta = representation.metadata
+    if not isinstance(meta, MotionMetadata) or meta.format_version > FORMAT_VERSION:
+        raise MotionFileError(f"{source} is not a MotionClone motion of format {FORMAT_VERSION} or older. {FIX}")
+    for layer in meta.layers:
+        values, indices = representation.values.get(layer), representation.indices.get(layer)
+        if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor):
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has no values or indices tensor. {FIX}")
+        lead = (len(meta.timesteps),) if meta.timesteps else ()
+        expected = (*lead, positions_of(layer, meta.latent_height, meta.latent_width), MOTION_MODULE_HEADS,
+                    meta.frames, meta.top_k)
+        for kind, tensor in (("values", values), ("indices", indices)):
+            if tuple(tensor.shape) != expected:
+                axes = ", ".join(map(str, (*lead, "positions", "heads", meta.frames, meta.top_k)))
+                raise MotionFileError(
+                    f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has {kind} of shape {tuple(tensor.shape)}, "
+                    f"expected ({axes}) = {expected} for its metadata ({meta.frames} frames, latent "
+                    f"{meta.latent_width}x{meta.latent_height}, top-{meta.top_k}). {FIX}")
+        if values.dtype != torch.float16:
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} values are {values.dtype}, expected "
+                                  f"float16. {FIX}")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} key-frame indices are {indices.dtype}, "
+                                  f"expected an integer type (uint8 for up to 256 frames). {FIX}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= meta.frames):
+            raise MotionFileError(
+                f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has key-frame indices out of range: found "
+                f"{int(indices.min())}..{int(indices.max())}, expected 0..{meta.frames - 1} for {meta.frames} frames. {FIX}")
+        if not bool(torch.isfinite(values).all()) or (values.numel() and (values.min() < 0 or values.max() > 1)):
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has attention values that are not "
+                                  f"finite probabilities in 0..1. {FIX}")
+    return representation
+
+
+def require_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
+    """Raise `MotionCloneError` naming `what` when `tensor` holds NaN or infinity."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise MotionCloneError(f"{what} holds {bad} NaN or infinite values of {tensor.numel()}. {fix}")
+
