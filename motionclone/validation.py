@@ -28,12 +28,14 @@ _LAYER = re.compile(r"^(down_blocks\.[0-3]|mid_block|up_blocks\.[0-3])\.motion_m
 FIX = "Extract the motion again with 'MotionClone: Extract Motion' (and save it again if it came from a file)."
 
 
-def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """`text` shortened to `limit` characters for a message, with its full length when cut."""
-    text = str(text)
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
+def excerpt(value, limit: int = EXCERPT_CHARS) -> str:
+    """`value` for a message: a text quoted, anything else as Python writes it; cut to `limit` characters,
+    with the full length when cut."""
+    is_text = isinstance(value, str)
+    text = value if is_text else repr(value)
+    shown = text if len(text) <= limit else text[:limit]
+    shown = repr(shown) if is_text else shown
+    return shown if len(text) <= limit else f"{shown}... ({len(text)} characters)"
 
 
 def _integer(raw: Mapping, key: str, low: int, high: int, source: str) -> int:

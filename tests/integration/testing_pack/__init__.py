@@ -364,7 +364,30 @@ class GraphProbe:
         return (patched,)
 
 
+class Poison:
+    """Puts one NaN into an IMAGE, LATENT or CONDITIONING: what a broken upstream node hands on."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {}, "optional": {"image": ("IMAGE",), "latent": ("LATENT",), "conditioning": ("CONDITIONING",)}}
+
+    RETURN_TYPES = ("IMAGE", "LATENT", "CONDITIONING")
+    FUNCTION = "poison"
+    CATEGORY = "testing"
+
+    def poison(self, image=None, latent=None, conditioning=None):
+        def with_nan(tensor):
+            tensor = tensor.clone()
+            tensor.view(-1)[0] = float("nan")
+            return tensor
+
+        return (with_nan(image) if image is not None else None,
+                {**latent, "samples": with_nan(latent["samples"])} if latent is not None else None,
+                [[with_nan(c), dict(extras)] for c, extras in conditioning] if conditioning is not None else None)
+
+
 NODE_CLASS_MAPPINGS = {
+    "MotionCloneTestPoison": Poison,
     "MotionCloneTestTinySD15": TinySD15,
     "MotionCloneTestRandomConditioning": RandomConditioning,
     "MotionCloneTestSaveLatent": SaveLatentTo,
