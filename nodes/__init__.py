@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
@@ -13,12 +14,22 @@ NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *inversion.NODES, *motion
 
 
 def register_model_folders() -> None:
-    """Register `models/animatediff_models` (AnimateDiff-Evolved's folder name) and `models/motionclone`."""
+    """Register `models/animatediff_models` (AnimateDiff-Evolved's folder name) and `models/motionclone`.
+
+    Both folders are created when missing: a fresh ComfyUI has neither, and the README tells users to put
+    their motion modules into the first one.
+    """
     for name, extensions in (
         (animatediff.MOTION_MODELS_FOLDER, folder_paths.supported_pt_extensions),
         (motion.MOTION_FOLDER, {".safetensors"}),
     ):
-        folder_paths.add_model_folder_path(name, os.path.join(folder_paths.models_dir, name))
+        path = os.path.join(folder_paths.models_dir, name)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as error:  # a read-only install still loads; the folder can be made by hand
+            logging.warning("MotionClone: could not create the model folder %s (%s); create it to add files there",
+                            path, error)
+        folder_paths.add_model_folder_path(name, path)
         folder_paths.folder_names_and_paths[name][1].update(extensions)
 
 

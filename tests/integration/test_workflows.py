@@ -37,8 +37,8 @@ WORKFLOWS = workflow_paths()
 
 
 def test_the_four_issue_workflows_are_there():
-    assert {"1_camera_motion_clone", "2_object_motion_clone_checkpoint_lora", "3_extract_once_reuse_motion",
-            "4_guidance_patch_stock_ksampler"} <= set(WORKFLOWS)
+    assert {"1-camera-motion-clone", "2-object-motion-with-lora", "3-save-and-reuse-motion",
+            "4-guidance-stock-ksampler"} <= set(WORKFLOWS)
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -54,7 +54,7 @@ def _broken(workflow: dict, node_type: str, change) -> dict:
 
 
 def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
-    workflow = load_workflow(WORKFLOWS["1_camera_motion_clone"])
+    workflow = load_workflow(WORKFLOWS["1-camera-motion-clone"])
     motion_link = next(link for link in workflow["links"] if link[5] == "MOTIONCLONE_MOTION")
     frames_node = next(node for node in workflow["nodes"] if node["type"] == "ImageFromBatch")
     cases = {
