@@ -113,20 +113,20 @@ def track_grid(frames: torch.Tensor, grid_size: int = 16, size: tuple[int, int] 
     The grid has `grid_size` points along the long side (cell centres, same spacing on the short side).
     Each frame step tracks the surviving points forward and back; a point is lost when Lucas-Kanade
     reports failure (too little structure in its window, see MIN_EIGENVALUE), leaves the frame, or comes
-    back more than `spacing / 4` px away from where it started. Lost points are dropped from the whole track.
+    back more than `max(0.5, spacing / 4)` px from where it started. A lost point is dropped from the clip.
     """
     cv2 = _cv2()
     size = size or working_size(frames)
     images = _to_uint8(frames, size)
     height, width = size
-    spacing = max(height, width) / grid_size
-    xs = (np.arange(max(1, round(width / spacing))) + 0.5) * width / max(1, round(width / spacing))
-    ys = (np.arange(max(1, round(height / spacing))) + 0.5) * height / max(1, round(height / spacing))
+    long_side = max(height, width)
+    spacing = long_side / grid_size
+    columns, rows = max(1, round(width / spacing)), max(1, round(height / spacing))
+    xs, ys = (np.arange(columns) + 0.5) * width / columns, (np.arange(rows) + 0.5) * height / rows
     # OpenCV puts pixel centres at integers; our grid is in continuous coordinates (centres at +0.5).
     starts = np.stack(np.meshgrid(xs - 0.5, ys - 0.5), -1).reshape(-1, 2)
-    long_side = max(height, width)
     window = 2 * int(np.clip(long_side / 16, 4, 15)) + 1
-    levels = max(0, min(3, int(math.log2(min(height, width) / 32)))) if min(height, width) >= 32 else 0
+    levels = int(np.clip(math.floor(math.log2(min(height, width) / 32)), 0, 3))  # coarsest level >= 32 px
     params = dict(winSize=(window, window), maxLevel=levels, minEigThreshold=MIN_EIGENVALUE,
                   criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 0.01))
     backtrack_limit = max(0.5, spacing / 4)

@@ -104,6 +104,17 @@ def test_static_generated_clip_scores_zero_against_motion_and_one_against_stilln
     assert motion_fidelity(static, _moving("circle", "red", (0.0, 0.0))).score == pytest.approx(1.0, abs=1e-9)
 
 
+def test_reverse_sees_reference_motion_the_generated_clip_leaves_out():
+    two_ways = render_clip(ClipSpec((ShapeSpec("circle", "red", (8.0, 8.0), 5.0, (2.0, 0.0)),
+                                     ShapeSpec("square", "blue", (22.0, 24.0), 5.0, (0.0, -2.0))), 8, 32, 32)).frames
+    one_way = _moving("circle", "green", (2.0, 0.0))
+    result = motion_fidelity(two_ways, one_way)
+    rightward = (result.reference.displacements[..., 0] > 1.0).all(axis=1)
+    assert 0 < rightward.sum() < result.reference.count  # both shapes are tracked
+    assert result.score > 0.98  # everything the generated clip does, the reference does
+    assert result.reverse == pytest.approx(rightward.mean(), abs=0.02)  # the upward tracks find no match
+
+
 def test_score_is_the_fraction_of_frame_steps_that_agree():
     reference = _moving(velocity=(2.0, 0.0))  # moves right in all 7 steps
     stops = torch.cat([reference[:5], reference[4:5].expand(3, -1, -1, -1)])  # moves 4 steps, then stands 3

@@ -65,7 +65,8 @@ def test_rendered_centroid_follows_the_stated_motion(kind):
     shape = ShapeSpec(kind, "blue", position=(9.3, 20.6), size=5.5, velocity=(2.35, -1.15))
     clip = render_clip(ClipSpec((shape,), frames=8, height=32, width=32))
     truth = clip.shapes[0]
-    expected = torch.tensor([9.3, 20.6], dtype=torch.float64) + torch.arange(8.0, dtype=torch.float64)[:, None] * torch.tensor([2.35, -1.15], dtype=torch.float64)
+    steps = torch.arange(8.0, dtype=torch.float64)[:, None]
+    expected = torch.tensor([9.3, 20.6], dtype=torch.float64) + steps * torch.tensor([2.35, -1.15], dtype=torch.float64)
     assert torch.allclose(truth.positions, expected)
     measured = _centroids(_coverage_from_pixels(clip.frames, "blue"))
     assert (measured - expected).abs().max() < 0.05  # px, from the pixels alone
@@ -103,7 +104,9 @@ def test_integer_pan_shifts_the_background_by_the_stated_vector_exactly():
     for t in range(1, 8):
         dx, dy = 2 * t, -1 * t
         # content moves by (dx, dy): frame t at (y, x) shows what frame 0 showed at (y - dy, x - dx)
-        assert torch.allclose(frames[t, max(0, dy) : 32 + min(0, dy), dx:], frames[0, max(0, -dy) : 32 - max(0, dy), : 32 - dx], atol=1e-6)
+        now = frames[t, max(0, dy) : 32 + min(0, dy), dx:]
+        before = frames[0, max(0, -dy) : 32 - max(0, dy), : 32 - dx]
+        assert torch.allclose(now, before, atol=1e-6)
     assert not torch.allclose(frames[1], frames[0], atol=0.01)  # the texture has structure to see the shift in
 
 
@@ -139,7 +142,8 @@ def test_shapes_stay_inside_the_frame():
     for seed in range(30):
         clip = random_clip(seed, motion="translate" if seed % 2 else "zoom", frames=8, height=32, width=32)
         for truth in clip.shapes:
-            borders = torch.cat([truth.coverage[:, 0], truth.coverage[:, -1], truth.coverage[:, :, 0], truth.coverage[:, :, -1]], -1)
+            cover = truth.coverage
+            borders = torch.cat([cover[:, 0], cover[:, -1], cover[:, :, 0], cover[:, :, -1]], -1)
             assert borders.max() == 0.0, seed
 
 
