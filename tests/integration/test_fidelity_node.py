@@ -113,3 +113,11 @@ def test_camera_mode_reports_cosine_and_magnitude_ratio(comfyui, clips):
 def test_frame_count_mismatch_fails_naming_both_inputs(comfyui, clips):
     with pytest.raises(PromptFailed, match=r"'reference' has 8 frames but 'generated' has 6"):
         comfyui.run_prompt(_prompt(clips["right"], clips["right_6_frames"]))
+
+
+def test_object_info_describes_the_node_for_the_frontend(object_info):
+    info = object_info[NODE]
+    assert info["display_name"] == "MotionClone: Motion Fidelity" and info["category"] == "MotionClone"
+    assert info["output"] == ["FLOAT", "IMAGE"] and info["output_name"] == ["score", "plot"]
+    for name, spec in info["input"]["required"].items():
+        assert spec[1].get("tooltip"), f"{NODE}.{name} has no tooltip in /object_info"
