@@ -1,12 +1,93 @@
-"""Reference-clip resizing."""
+"""Reference-clip frame selection and resizing."""
 
 from __future__ import annotations
+
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from motionclone import MotionCloneError, resize_frames
+from motionclone.video import select_frames
+
+# 16 frames over 2 s of a 30 fps clip: every 3.75 source frames, each rounded to the nearest (ties go later).
+THIRTY_FPS_TWO_SECONDS = (0, 4, 8, 11, 15, 19, 23, 26, 30, 34, 38, 41, 45, 49, 53, 56)
+
+
+def test_span_takes_the_nearest_frame_to_each_evenly_spaced_time():
+    selection = select_frames(60, 30.0, 16, "span", span_seconds=2.0)
+    assert selection.indices == THIRTY_FPS_TWO_SECONDS
+    assert (selection.fps, selection.span_seconds, selection.repeated) == (8.0, 2.0, 0)
+    assert select_frames(48, 24.0, 16, "span", span_seconds=2.0).indices == tuple(range(0, 48, 3))
+    ntsc = select_frames(60, 30000 / 1001, 16, "span", span_seconds=2.0)  # 29.97 fps, as phones record
+    assert ntsc.indices == (0, 4, 7, 11, 15, 19, 22, 26, 30, 34, 37, 41, 45, 49, 52, 56)
+
+
+def test_span_sets_the_playback_rate_that_keeps_the_real_speed():
+    selection = select_frames(120, 30.0, 16, "span", span_seconds=4.0)
+    assert selection.indices == (0, 8, 15, 23, 30, 38, 45, 53, 60, 68, 75, 83, 90, 98, 105, 113) and selection.fps == 4.0
+    assert select_frames(60, 30.0, 16, "span", span_seconds=1.0).fps == 16.0
+
+
+def test_fps_mode_retimes_the_clip_to_the_target_rate():
+    assert select_frames(60, 30.0, 16, "fps", target_fps=8.0).indices == THIRTY_FPS_TWO_SECONDS
+    selection = select_frames(100, 25.0, 10, "fps", target_fps=5.0)
+    assert selection.indices == tuple(range(0, 50, 5)) and selection.fps == 5.0 and selection.span_seconds == 2.0
+
+
+def test_whole_clip_spreads_the_frames_over_the_rest_of_the_clip():
+    selection = select_frames(50, 25.0, 16, "whole clip")
+    assert selection.indices == (0, 3, 6, 9, 13, 16, 19, 22, 25, 28, 31, 34, 38, 41, 44, 47)
+    assert (selection.span_seconds, selection.fps) == (2.0, 8.0)
+    assert select_frames(4, 8.0, 4, "whole clip").indices == (0, 1, 2, 3)
+    assert select_frames(90, 30.0, 4, "whole clip", start_seconds=1.0).indices == (30, 45, 60, 75)
+    assert select_frames(2, 8.0, 8, "whole clip").indices == (0, 0, 1, 1, 1, 1, 1, 1)  # never past the last frame
+
+
+def test_start_offset_shifts_the_selection():
+    assert select_frames(90, 30.0, 16, "span", span_seconds=2.0, start_seconds=1.0).indices == tuple(
+        30 + i for i in THIRTY_FPS_TWO_SECONDS)
+    assert select_frames(48, 24.0, 4, "fps", target_fps=12.0, start_seconds=0.25).indices == (6, 8, 10, 12)
+
+
+def test_a_step_shorter_than_the_clip_frames_repeats_them():
+    selection = select_frames(12, 24.0, 16, "span", span_seconds=0.5)
+    assert selection.indices == (0, 1, 2, 2, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 11)
+    assert selection.repeated == 4
+
+
+@pytest.mark.parametrize("mode, settings, named", [
+    ("span", {"span_seconds": 2.0}, "lower 'span_seconds' to at most 1.38"),
+    ("fps", {"target_fps": 8.0}, "raise 'target_fps' to at least 11.54, lower 'frames' to at most 11"),
+    ("span", {"span_seconds": 1.0, "start_seconds": 0.5}, "start earlier ('start_seconds')"),
+])
+def test_a_clip_too_short_for_the_selection_is_refused_with_the_fix(mode, settings, named):
+    with pytest.raises(MotionCloneError) as error:
+        select_frames(40, 30.0, 16, mode, **settings)
+    message = str(error.value)
+    assert "the clip has 40 frames at 30 fps (1.33 s)" in message and named in message and "'whole clip'" in message
+
+
+def test_the_suggested_longest_span_fits():
+    longest = 1.38  # from the message above
+    assert select_frames(40, 30.0, 16, "span", span_seconds=longest).indices[-1] == 39
+    with pytest.raises(MotionCloneError):
+        select_frames(40, 30.0, 16, "span", span_seconds=1.45)
+
+
+@pytest.mark.parametrize("clip_frames, clip_fps, frames, mode, settings, named", [
+    (0, 30.0, 16, "span", {}, "'images' holds no frames"),
+    (60, 0.0, 16, "span", {}, "'fps' must be the clip's frame rate"),
+    (60, 30.0, 0, "span", {}, "'frames' must be at least 1"),
+    (60, 30.0, 16, "slow motion", {}, "mode must be one of"),
+    (60, 30.0, 16, "span", {"span_seconds": 0.0}, "'span_seconds' must be above 0"),
+    (60, 30.0, 16, "fps", {"target_fps": -1.0}, "'target_fps' must be above 0"),
+    (60, 30.0, 16, "whole clip", {"start_seconds": 2.0}, "'start_seconds' (2 s) must lie inside the clip"),
+])
+def test_invalid_selections_name_the_input(clip_frames, clip_fps, frames, mode, settings, named):
+    with pytest.raises(MotionCloneError, match=re.escape(named)):
+        select_frames(clip_frames, clip_fps, frames, mode, **settings)
 
 
 def _clip() -> torch.Tensor:

@@ -14,6 +14,7 @@ import re
 import pytest
 
 from comfy_server import PACK_FOLDER_NAME
+from model_files import CLIP_FPS
 from prompts import FRAMES
 from workflows import (CPU_OVERRIDES, FRONTEND_ONLY_NODES, load_workflow, named_widget_values, to_api_prompt,
                        validate_workflow, with_cpu_overrides, workflow_paths)
@@ -30,7 +31,11 @@ OFFICIAL = {
     ("MotionCloneSampler", "motion_weight"): {2000}, ("MotionCloneGuidance", "motion_weight"): {2000},
     ("MotionCloneSampler", "warm_up_steps"): {10}, ("MotionCloneSampler", "cool_down_steps"): {10},
     ("MotionCloneGuidance", "warm_up_steps"): {10}, ("MotionCloneGuidance", "cool_down_steps"): {10},
+    # 16 frames over the clip's first 2 s: real speed at the 8 fps the videos play at
+    ("MotionCloneSelectFrames", "frames"): {16}, ("MotionCloneSelectFrames", "mode"): {"span"},
+    ("MotionCloneSelectFrames", "span_seconds"): {2.0}, ("MotionCloneSelectFrames", "start_seconds"): {0.0},
 }
+VIDEO_SAVERS = {"CreateVideo", "SaveAnimatedWEBP"}  # the nodes whose fps sets the saved video's playback rate
 OFFICIAL_SCHEDULES = {(100, 50, 0.3), (300, 180, 0.4)}  # t2v_camera, t2v_object (v2): steps, guided steps, fraction
 
 WORKFLOWS = workflow_paths()
@@ -56,7 +61,7 @@ def _broken(workflow: dict, node_type: str, change) -> dict:
 def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
     workflow = load_workflow(WORKFLOWS["1-camera-motion-clone"])
     motion_link = next(link for link in workflow["links"] if link[5] == "MOTIONCLONE_MOTION")
-    frames_node = next(node for node in workflow["nodes"] if node["type"] == "ImageFromBatch")
+    frames_node = next(node for node in workflow["nodes"] if node["type"] == "MotionCloneSelectFrames")
     cases = {
         "stale widgets": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].pop()),
                           "(MotionCloneSampler): 8 widget values for 9 widgets (seed, control_after_generate, steps"),
@@ -106,24 +111,50 @@ def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
     assert output_nodes and output_nodes <= set(entry["outputs"]), f"output nodes without a result: {output_nodes - set(entry['outputs'])}"
     media = [item for outputs in entry["outputs"].values() for item in outputs.get("images", []) if item.get("type") == "output"]
     assert media, "the workflow saved no video or animated image"
-    for item in media:
+    for item in media:  # Select Frames keeps the whole test clip, so its fps output is the clip's rate
         path = server.base / "output" / item["subfolder"] / item["filename"]
-        assert _frames_and_size(path) == (FRAMES, OUTPUT_SIZE), path.name
+        assert _frames_size_and_rate(path) == (FRAMES, OUTPUT_SIZE, CLIP_FPS), path.name
     log = server.log()[log_start:]
     assert "lora key not loaded" not in log, "a LoRA of MODEL_FILES does not match the checkpoint's layers"
     assert not re.search(r"clip missing|unet missing|Missing VAE keys|left over keys", log), "a checkpoint of MODEL_FILES lacks or adds keys"
 
 
-def _frames_and_size(path) -> tuple[int, tuple[int, int]]:
+def _frames_size_and_rate(path) -> tuple[int, tuple[int, int], float]:
     import av  # ComfyUI's requirements bring these; the core tier runs without them
     from PIL import Image
 
     if path.suffix == ".webp":
         with Image.open(path) as image:
-            return image.n_frames, image.size
+            image.load()  # the frame duration is read with the first frame
+            return image.n_frames, image.size, 1000 / image.info["duration"]
     with av.open(str(path)) as container:
         frames = [frame for frame in container.decode(video=0)]
-        return len(frames), (frames[0].width, frames[0].height)
+        return len(frames), (frames[0].width, frames[0].height), float(container.streams.video[0].average_rate)
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_reference_frames_are_selected_and_the_video_plays_at_their_rate(name):
+    """Load Video -> Get Video Components -> Select Frames (images and fps), whose fps sets every saved video's."""
+    workflow = load_workflow(WORKFLOWS[name])
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+
+    def source(node, socket_name):
+        socket = next((s for s in node.get("inputs", []) if s["name"] == socket_name and s.get("link") is not None), None)
+        if socket is None:
+            return None
+        _, origin, slot, *_ = links[socket["link"]]
+        return nodes[origin]["type"], slot
+
+    selectors = [node for node in nodes.values() if node["type"] == "MotionCloneSelectFrames"]
+    if not any(node["type"] == "LoadVideo" for node in nodes.values()):
+        pytest.skip(f"{name} reads no reference clip")
+    assert len(selectors) == 1, f"{name}: the reference clip's frames are not picked by one Select Frames"
+    (selector,) = selectors
+    assert source(selector, "images") == ("GetVideoComponents", 0) and source(selector, "fps") == ("GetVideoComponents", 2)
+    savers = [node for node in nodes.values() if node["type"] in VIDEO_SAVERS]
+    assert savers and all(source(node, "fps") == ("MotionCloneSelectFrames", 1) for node in savers), \
+        f"{name}: a video's fps is not Select Frames' fps output"
 
 
 def test_template_browser_lists_and_serves_every_workflow(server):

@@ -14,14 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from comfy_harness import PACK_ROOT
+from model_files import CLIP_FPS
 from prompts import FRAMES
 
 WORKFLOWS_DIR = Path(PACK_ROOT) / "workflows"
 # The committed workflows keep the official settings (16 frames of 512x512, 100-300 steps), which take
 # hours on a CPU. Only for running them in the tests, these widget values are replaced wherever a node
-# has them; the reference clip of MODEL_FILES has FRAMES frames. Validation checks the committed values.
+# has them; the reference clip of MODEL_FILES has FRAMES frames at CLIP_FPS, which Select Frames takes
+# all of (its span is the clip's length). Validation checks the committed values.
 CPU_OVERRIDES = {"width": 64, "height": 64, "batch_size": FRAMES, "steps": 4, "guided_steps": 2,
-                 "warm_up_steps": 1, "cool_down_steps": 1}
+                 "warm_up_steps": 1, "cool_down_steps": 1, "frames": FRAMES, "span_seconds": FRAMES / CLIP_FPS}
 FRONTEND_ONLY_NODES = {"Note", "MarkdownNote"}  # exist only in the frontend; never sent to the server
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
