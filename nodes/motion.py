@@ -71,8 +71,9 @@ class ExtractMotion(io.ComfyNode):
                 io.Int.Input("top_k", default=1, min=1, max=64,
                              tooltip="Attention entries kept per position, head and frame (1 is the official value). "
                              "At most the frame count."),
-                io.Image.Input("images", optional=True, tooltip="Reference frames (the batch is the frame axis), "
-                               "e.g. from a video loader. Needs 'vae'. Leave empty when 'latent' is given."),
+                io.Image.Input("images", optional=True, tooltip="Reference frames (the batch is the frame axis), e.g. "
+                               "from 'MotionClone: Select Frames' after a video loader. Needs 'vae'. Leave empty when "
+                               "'latent' is given."),
                 io.Vae.Input("vae", optional=True, tooltip="Encodes 'images'; use the VAE of your checkpoint."),
                 io.Latent.Input("latent", optional=True, tooltip="An already encoded reference clip (instead of "
                                 "images + vae); its size is used as is."),
