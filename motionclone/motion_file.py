@@ -11,7 +11,6 @@ import os
 
 import safetensors
 import safetensors.torch
-import torch
 
 from .errors import MotionFileError
 from .representation import FORMAT_VERSION, MotionRepresentation
