@@ -26,7 +26,6 @@ from .autograd import capture_attention
 from .guided_step import Guidance, apply_cfg, guided_step, schedule_position
 from .patching import current_run
 
-
 # --- extraction -----------------------------------------------------------------------------------------
 
 
