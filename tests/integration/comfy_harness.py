@@ -1,9 +1,11 @@
 """Starts a real ComfyUI in-process for the integration tier.
 
 ComfyUI is taken from `COMFYUI_PATH`, or from the ComfyUI whose `custom_nodes/` holds this pack. Its
-custom-node search path is replaced by a temporary folder holding links to this pack and to the
-test-only node pack beside this file, and its models folder by a temporary one, so the pack's own
-folder registration and ComfyUI's real loaders find the files the tests write there.
+base directory (custom_nodes/, models/, input/, output/, temp/, user/) is a temporary folder whose
+custom_nodes/ holds links to this pack and to the test-only node pack beside this file, so the pack's
+own folder registration and ComfyUI's real loaders find the files the tests write there. Nothing is
+written inside the ComfyUI checkout, which may be read-only: its bytecode goes to a cache folder
+elsewhere (`keep_bytecode_outside`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import importlib.machinery
 import inspect
 import os
 import sys
+import tempfile
 import types
 import uuid
 from dataclasses import dataclass
@@ -37,6 +40,15 @@ def find_comfyui() -> tuple[str | None, str]:
     if candidates:
         return None, f"no ComfyUI at {candidates[0]} (needs nodes.py and comfy/)"
     return None, "set COMFYUI_PATH to a ComfyUI checkout, or install the pack in a ComfyUI's custom_nodes/"
+
+
+def keep_bytecode_outside() -> None:
+    """Python's bytecode of every later import (ComfyUI's included) goes to one cache folder outside the
+    checkouts, unless PYTHONPYCACHEPREFIX already chose one: a read-only ComfyUI export gets no __pycache__.
+    Also set in the environment, so that subprocesses (the server, the benchmark) inherit it."""
+    if sys.pycache_prefix is None:
+        sys.pycache_prefix = os.path.join(tempfile.gettempdir(), "motionclone-pycache")
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", sys.pycache_prefix)
 
 
 class _StubModule(types.ModuleType):
@@ -149,11 +161,15 @@ class PromptFailed(AssertionError):
 
 
 def start_comfyui(root: str, workdir: str) -> ComfyUI:
+    """ComfyUI at `root` imported into this process with `workdir` as its base directory (as
+    `main.py --base-directory workdir` sets it), the pack and the test-only pack in its custom_nodes/."""
+    keep_bytecode_outside()
     sys.path.insert(0, root)
     _stub_unimportable(("torchvision", "torchaudio"))
     from comfy.cli_args import args
 
     args.cpu = True
+    args.base_directory = workdir  # read once, when folder_paths is first imported: every default folder lies in workdir
     import utils.extra_config  # noqa: F401 - must precede `import nodes` (ComfyUI's import order)
     import folder_paths
 
@@ -164,10 +180,12 @@ def start_comfyui(root: str, workdir: str) -> ComfyUI:
         os.makedirs(path, exist_ok=True)
     os.symlink(PACK_ROOT, os.path.join(custom_nodes, "ComfyUI-MotionClone"))
     os.symlink(TESTING_PACK, os.path.join(custom_nodes, "motionclone_testing_pack"))
-    folder_paths.folder_names_and_paths["custom_nodes"] = ([custom_nodes], set())
-    folder_paths.models_dir = models_dir
-    folder_paths.add_model_folder_path("loras", os.path.join(models_dir, "loras"), is_default=True)
-    folder_paths.set_output_directory(output_dir)
+    outside = [path for path in (folder_paths.models_dir, folder_paths.get_output_directory(), folder_paths.get_temp_directory(),
+                                 folder_paths.get_input_directory(), folder_paths.get_user_directory(),
+                                 *folder_paths.get_folder_paths("custom_nodes"))
+               if not os.path.abspath(path).startswith(os.path.abspath(workdir) + os.sep)]
+    if outside:  # folder_paths was imported before (by the caller), with the checkout as its base
+        raise RuntimeError(f"ComfyUI's folders lie outside the test's base directory {workdir}: {outside}")
 
     import execution
     import nodes

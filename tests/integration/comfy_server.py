@@ -1,7 +1,8 @@
 """ComfyUI's own main.py as a server for the tests, and a small HTTP client for it.
 
 The server runs in a subprocess with `--base-directory` set to a temporary folder, whose `custom_nodes/`
-holds links to this pack (installed as a user would) and to the test-only node pack.
+holds links to this pack (installed as a user would) and to the test-only node pack. Its database lies
+in that folder too (ComfyUI's default is user/comfyui.db inside the checkout, which may be read-only).
 """
 
 from __future__ import annotations
@@ -76,15 +77,17 @@ def install_pack(base: Path) -> None:
 
 
 @contextmanager
-def running_server(root: str, base: Path, timeout: float = 120):
-    """Start `main.py` of the ComfyUI at `root` on a free port of 127.0.0.1; stop it on exit."""
+def running_server(root: str, base: Path, *extra_args: str, timeout: float = 120):
+    """Start `main.py` of the ComfyUI at `root` on a free port of 127.0.0.1, with `base` as its base
+    directory and `extra_args` appended to its command line; stop it on exit."""
     port = free_port()
     log_path = base / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
             [sys.executable, os.path.join(HERE, "serve_comfyui.py"), root, "--cpu", "--listen", "127.0.0.1",
-             "--port", str(port), "--base-directory", str(base), "--disable-auto-launch", "--disable-api-nodes"],
+             "--port", str(port), "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'comfyui.db'}",
+             "--disable-auto-launch", "--disable-api-nodes", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
         server = ComfyServer(f"http://127.0.0.1:{port}", base, log_path)

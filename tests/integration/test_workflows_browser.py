@@ -4,6 +4,11 @@ Needs Debian's Chromium (`apt-get install chromium`, at /usr/bin/chromium or CHR
 playwright package (no browser download: playwright drives that Chromium); skipped with a reason where
 either is absent. A screenshot of each finished workflow is kept under test-artifacts/browser/ (or
 MOTIONCLONE_TEST_ARTIFACTS), outside git.
+
+Errors the frontend raises while it starts are compared with those the same ComfyUI raises with no
+custom node at all (`--disable-all-custom-nodes`): some frontends raise their own on every start (1.27.10,
+ComfyUI 0.3.64's pin: "Cannot read properties of undefined (reading 'id')", a setting's change handler
+running before the setting it changes is registered), which are no fault of the pack.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from comfy_harness import PACK_ROOT
-from comfy_server import PACK_FOLDER_NAME
+from comfy_server import PACK_FOLDER_NAME, running_server
 from workflows import CPU_OVERRIDES, load_workflow, to_api_prompt, validate_workflow, with_cpu_overrides, workflow_paths
 
 pytestmark = pytest.mark.browser
@@ -47,24 +52,40 @@ def browser(server):
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"browser tests skipped: no Chromium at {CHROMIUM} (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="browser tests skipped: pip install playwright")
-    server.post("/settings/Comfy.TutorialCompleted", True)  # or the template browser opens over the graph
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
         launched.close()
 
 
-@pytest.fixture
-def page(browser, server):
+def _open_frontend(browser, server, ready: str):
+    """A new tab on the server's frontend once `ready` (a JS condition) holds and the start-up overlay has
+    gone; `page.startup_errors` holds the uncaught errors of its start, `page.uncaught_errors` collects later ones."""
+    server.post("/settings/Comfy.TutorialCompleted", True)  # or the template browser opens over the graph
     page = browser.new_page(viewport={"width": 1920, "height": 1080})
     page.uncaught_errors = []
     page.on("pageerror", lambda error: page.uncaught_errors.append(str(error)))
     page.goto(server.url)
-    page.wait_for_function("() => !!(window.app && app.graph && LiteGraph.registered_node_types.MotionCloneSampler)",
-                           timeout=60_000)
+    page.wait_for_function(ready, timeout=60_000)
     _wait_until_idle(page)
+    page.startup_errors, page.uncaught_errors[:] = list(page.uncaught_errors), []
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    page = _open_frontend(browser, server, "() => !!(window.app && app.graph && LiteGraph.registered_node_types.MotionCloneSampler)")
     yield page
     page.close()
+
+
+@pytest.fixture(scope="module")
+def startup_errors_without_custom_nodes(browser, comfyui, tmp_path_factory) -> list[str]:
+    """The uncaught errors of the frontend's start on the same ComfyUI with no custom node loaded."""
+    with running_server(comfyui.root, tmp_path_factory.mktemp("server_without_custom_nodes"), "--disable-all-custom-nodes") as bare:
+        page = _open_frontend(browser, bare, "() => !!(window.app && app.graph && LiteGraph.registered_node_types.KSampler)")
+        page.close()
+        return page.startup_errors
 
 
 def _wait_until_idle(page) -> None:
@@ -95,6 +116,11 @@ def _frontend_prompt(page, object_info: dict) -> dict:
                   if name in declared.get("required", {}) or name in declared.get("optional", {})}
         prompt[node_id] = {"class_type": node["class_type"], "inputs": inputs}
     return prompt
+
+
+def test_the_pack_adds_no_error_to_the_frontends_start(page, startup_errors_without_custom_nodes):
+    assert not set(page.startup_errors) - set(startup_errors_without_custom_nodes), (
+        f"start-up errors with the pack: {page.startup_errors}; without any custom node: {startup_errors_without_custom_nodes}")
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -131,12 +157,23 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
 
 
 def test_template_browser_offers_every_workflow_and_opens_it(server, page):
+    """As a user: Templates in the sidebar, the pack's entry in the panel's list (the panel opens on all of
+    ComfyUI's own templates), then a workflow's card."""
     page.get_by_role("button", name="Templates").first.click()
-    page.get_by_text(PACK_FOLDER_NAME, exact=True).first.wait_for(timeout=30_000)
+    panel = page.get_by_role("dialog")
+    panel.get_by_text(PACK_FOLDER_NAME, exact=True).first.click(timeout=30_000)
+    cards = panel.locator("[data-testid^='template-workflow-']")
     for name in WORKFLOWS:
-        page.get_by_text(name, exact=True).first.wait_for(timeout=10_000)
+        cards.get_by_text(name, exact=True).first.wait_for(timeout=10_000)
+    offered = sorted(card.get_attribute("data-testid").removeprefix("template-workflow-") for card in cards.all())
+    assert offered == sorted(WORKFLOWS), "the pack's entry offers other workflows than workflows/"
     _screenshot(page, server, "template_browser")
     first = next(iter(WORKFLOWS))
-    page.get_by_text(first, exact=True).first.click()
-    page.wait_for_function("(count) => app.graph.nodes.length === count", arg=len(load_workflow(WORKFLOWS[first])["nodes"]),
-                           timeout=30_000)
+    cards.get_by_text(first, exact=True).first.click()
+    workflow = load_workflow(WORKFLOWS[first])
+    page.wait_for_function("(count) => app.graph.nodes.length === count", arg=len(workflow["nodes"]), timeout=30_000)
+    opened = page.evaluate("() => app.graph.nodes.map((node) => [node.id, node.type])")
+    assert sorted(opened) == sorted([node["id"], node["type"]] for node in workflow["nodes"])
+    panel.wait_for(state="hidden", timeout=10_000)
+    assert page.evaluate(OPEN_DIALOGS) == [], "a dialog opened on opening the workflow"
+    assert page.uncaught_errors == [], page.uncaught_errors
