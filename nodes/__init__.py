@@ -8,9 +8,10 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import animatediff, inversion, motion, sampler, subjects
+from . import animatediff, fidelity, inversion, motion, sampler, subjects
 
-NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES, *sampler.NODES]
+NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES, *sampler.NODES,
+                                   *fidelity.NODES]
 
 
 def register_model_folders() -> None:
