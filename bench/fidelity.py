@@ -10,12 +10,14 @@ colour and shape), for several seeds, and prints one row per method:
   (the graph of workflow 4).
 
 Measures per generated clip (the reference is the clip given to Extract Motion):
-- motion fidelity: the DMT score of `motionclone.fidelity.motion_fidelity` (1 = same motion);
+- motion fidelity: the DMT score of `motionclone.fidelity.motion_fidelity` (1 = same motion; 0 for a clip
+  in which no point can be tracked through all frames);
 - prompt fidelity: the share of foreground pixels (pixels at least FOREGROUND_DISTANCE from the plain
   background colour) whose nearest named toy-world colour is the prompt's colour ("colour"), and whether
   the foreground's fill of its bounding box is nearest to that of the prompt's shape ("shape": a circle
   fills ~0.79 of its box, a square ~1, a triangle ~0.5; the expected values are measured on the toy
-  world's own renders of each shape through the toy VAE, so the VAE's soft edges count for all alike);
+  world's own renders of each shape through the toy VAE, so the VAE's soft edges count for all alike).
+  A frame whose foreground covers under 0.5 % or over 40 % of it has no subject (0 colour, no shape);
 - temporal consistency: the mean IoU of consecutive foreground masks after aligning their centroids
   (1 = the subject keeps its shape and size from frame to frame; motion itself does not lower it);
 - wall time per generated clip (sampling + decoding, the graph's own execution).
@@ -43,6 +45,7 @@ PACK_ROOT = os.path.dirname(HERE)
 
 FRAMES, SIZE = 8, 128
 FOREGROUND_DISTANCE = 0.25  # RGB distance from the background that counts as foreground
+SUBJECT_AREA = (0.005, 0.4)  # a frame's foreground is a subject when it covers this share of the frame
 STEPS, GUIDED_STEPS, GUIDED_FRACTION = 20, 8, 0.4
 MOTION_WEIGHT, CFG = 2000.0, 7.5
 EXTRACT_TIMESTEP = 400
@@ -128,10 +131,15 @@ def build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, pref
 
 
 def foreground_mask(frames: torch.Tensor) -> torch.Tensor:
-    """`(F, H, W)` bool: pixels at least FOREGROUND_DISTANCE (RGB) from the toy world's plain background."""
+    """`(F, H, W)` bool: pixels at least FOREGROUND_DISTANCE (RGB) from the toy world's plain background.
+    A frame whose foreground is no subject (under 0.5 % or over 40 % of the frame: empty, or noise and
+    texture all over) gets an empty mask, so it counts as no subject in every measure."""
     from bench.toyworld import PLAIN_BACKGROUND
 
-    return (frames - torch.tensor(PLAIN_BACKGROUND)).norm(dim=-1) >= FOREGROUND_DISTANCE
+    mask = (frames - torch.tensor(PLAIN_BACKGROUND)).norm(dim=-1) >= FOREGROUND_DISTANCE
+    share = mask.float().mean(dim=(1, 2))
+    subject = (share >= SUBJECT_AREA[0]) & (share <= SUBJECT_AREA[1])
+    return mask & subject[:, None, None]
 
 
 def colour_share(frames: torch.Tensor, colour: str) -> float:
@@ -201,12 +209,22 @@ class ShapeJudge:
         return min(self.expected, key=lambda kind: abs(self.expected[kind] - fill))
 
 
-def measure(reference: torch.Tensor, generated: torch.Tensor, new_prompt: str, judge: ShapeJudge) -> dict:
+def motion_score(reference: torch.Tensor, generated: torch.Tensor) -> float:
+    """DMT motion fidelity; 0 for a generated clip in which no point can be tracked (nothing follows the
+    reference's motion)."""
+    from motionclone.errors import MotionCloneError
     from motionclone.fidelity import motion_fidelity
 
+    try:
+        return motion_fidelity(reference, generated).score
+    except MotionCloneError:
+        return 0.0
+
+
+def measure(reference: torch.Tensor, generated: torch.Tensor, new_prompt: str, judge: ShapeJudge) -> dict:
     colour, shape = parse_prompt(new_prompt)
     return {
-        "motion_fidelity": motion_fidelity(reference, generated).score,
+        "motion_fidelity": motion_score(reference, generated),
         "colour": colour_share(generated, colour),
         "shape": float(judge.judge(generated) == shape),
         "temporal": temporal_consistency(generated),

@@ -53,18 +53,20 @@ def _comfy_block(unet, module_name: str):
 
 
 def init_weights(module: torch.nn.Module, generator: torch.Generator, zero: tuple[str, ...]) -> None:
-    """Fan-in scaled normal weights, zero biases, unit norms; keys containing any of `zero` start at 0
-    (the output convolutions of resnets, transformers and the UNet, as in diffusion training)."""
+    """Fan-in scaled normal weights and zero biases; normalisation layers start as the identity (unit
+    scale, zero shift); parameters whose name contains any of `zero` start at 0 (the output convolutions
+    of resnets, transformers and the UNet, as in diffusion training)."""
+    norms = (torch.nn.GroupNorm, torch.nn.LayerNorm)
     with torch.no_grad():
-        for key, value in module.state_dict(keep_vars=True).items():
-            if not value.is_floating_point() or key.endswith(".pe"):
-                continue
-            if any(z in key for z in zero) or value.ndim == 1 and not ("norm" in key and key.endswith("weight")):
-                value.zero_()
-            elif value.ndim == 1:
-                value.fill_(1.0)
-            else:
-                value.copy_(torch.randn(value.shape, generator=generator) * value[0].numel() ** -0.5)
+        for name, layer in module.named_modules():
+            for key, value in layer.named_parameters(recurse=False):
+                full = f"{name}.{key}"
+                if isinstance(layer, norms):
+                    value.fill_(1.0 if key == "weight" else 0.0)
+                elif any(z in full for z in zero) or value.ndim == 1:
+                    value.zero_()
+                else:
+                    value.copy_(torch.randn(value.shape, generator=generator) * value[0].numel() ** -0.5)
 
 
 class ToyTrainer:
