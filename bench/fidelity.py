@@ -6,6 +6,8 @@ colour and shape), for several seeds, and prints one row per method:
 
 - unguided: Apply AnimateDiff + stock KSampler (ddim), no motion guidance: the baseline;
 - MotionClone Sampler: Extract Motion -> MotionClone Sampler (the graph of workflow 1, "speed mode");
+- fidelity mode: DDIM inversion of the reference, Extract Motion from the inversion, subject masks
+  (Cross-Attention Mask on the shape words) and Semantic Guidance into MotionClone Sampler (workflow 5);
 - Guidance + KSampler ddim / euler / dpmpp_2m: Extract Motion -> 'MotionClone: Guidance' -> stock KSampler
   (the graph of workflow 4).
 
@@ -77,8 +79,10 @@ def cases(quick: bool = False) -> list[Case]:
     return list(CASES[:1] if quick else CASES)
 
 
-ROWS = ("unguided", "MotionClone Sampler", "Guidance + KSampler ddim", "Guidance + KSampler euler",
+FIDELITY_MODE = "fidelity mode (inversion + masks + semantic)"
+ROWS = ("unguided", "MotionClone Sampler", FIDELITY_MODE, "Guidance + KSampler ddim", "Guidance + KSampler euler",
         "Guidance + KSampler dpmpp_2m")
+SEMANTIC_WEIGHT = 500.0
 
 
 def build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, prefix: str, steps: int = STEPS,
@@ -96,6 +100,8 @@ def build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, pref
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
     }
     ramp = max(1, guided_steps // 4)
+    if row == FIDELITY_MODE:
+        return _fidelity_mode(graph, reference_clip, new_prompt, seed, steps, guided_steps, ramp)
     if row != "unguided":
         graph.update({
             "reference": {"class_type": "MotionCloneToyReferenceClip",
@@ -125,6 +131,49 @@ def build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, pref
             **common, "model": ["guidance", 0], "steps": steps, "sampler_name": sampler,
             "scheduler": "ddim_uniform" if sampler == "ddim" else "normal", "denoise": 1.0}}
     return graph
+
+
+def _fidelity_mode(graph: dict, reference_clip: str, new_prompt: str, seed: int, steps: int, guided_steps: int,
+                   ramp: int) -> dict:
+    """Workflow 5's graph: DDIM inversion of the reference, motion read from the inverted latents at every
+    guided step, subject masks from cross-attention to the shape words, location-aware semantic guidance."""
+    colour, kind = clip_subject(reference_clip)
+    reference_prompt = f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {kind}"
+    schedule = {"steps": steps, "guided_steps": guided_steps, "guided_fraction": GUIDED_FRACTION}
+    mask_settings = {"threshold": 0.3, "blur_kernel_size": 1, "blur_sigma": 1.0, "centroid_sigma": 5.0,
+                     "timestep": EXTRACT_TIMESTEP, "seed": seed}
+    graph.update({
+        "reference": {"class_type": "MotionCloneToyReferenceClip", "inputs": {"clip": reference_clip, "frames": FRAMES, "size": SIZE}},
+        "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["reference", 0], "vae": ["toy", 2]}},
+        "reference_prompt": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["toy", 1], "text": reference_prompt}},
+        "inversion": {"class_type": "MotionCloneDDIMInversion", "inputs": {
+            "model": ["apply", 0], "latent": ["encode", 0], "conditioning": ["reference_prompt", 0], "steps": steps}},
+        "extract": {"class_type": "MotionCloneExtractMotion", "inputs": {
+            "model": ["apply", 0], "inversion": ["inversion", 0], "conditioning": ["reference_prompt", 0],
+            "width": SIZE, "height": SIZE, "resize": "stretch", "timestep": EXTRACT_TIMESTEP, "seed": seed,
+            "blocks": "up_blocks.1", "top_k": 1, **schedule}},
+        "reference_mask": {"class_type": "MotionCloneCrossAttentionMask", "inputs": {
+            "model": ["apply", 0], "clip": ["toy", 1], "inversion": ["inversion", 0], "prompt": reference_prompt,
+            "subject": kind, **mask_settings}},
+        "subject_mask": {"class_type": "MotionCloneCrossAttentionMask", "inputs": {
+            "model": ["apply", 0], "clip": ["toy", 1], "prompt": new_prompt, "subject": parse_prompt(new_prompt)[1],
+            **mask_settings}},
+        "semantic": {"class_type": "MotionCloneSemanticGuidance", "inputs": {
+            "weight_up_blocks_1": SEMANTIC_WEIGHT, "weight_up_blocks_2": 0.0,
+            "reference_mask": ["reference_mask", 1], "subject_mask": ["subject_mask", 1]}},
+        "sample": {"class_type": "MotionCloneSampler", "inputs": {
+            "seed": seed, "cfg": CFG, "positive": ["positive", 0], "negative": ["negative", 0],
+            "latent_image": ["latent", 0], "model": ["apply", 0], **schedule, "motion": ["extract", 0],
+            "motion_weight": MOTION_WEIGHT, "warm_up_steps": ramp, "cool_down_steps": ramp,
+            "semantic_guidance": ["semantic", 0]}},
+    })
+    return graph
+
+
+def clip_subject(reference_clip: str) -> tuple[str, str]:
+    """("red circle moving right") -> ("red", "circle")."""
+    colour, kind = reference_clip.split()[:2]
+    return colour, kind
 
 
 # ---------------------------------------------------------------------------------------------- measures

@@ -14,8 +14,14 @@ toy_vae.safetensors (all float16 except the VAE's float8, exact for its weights)
 training_log.json (loss per 100 steps, wall time). Weights are the exponential moving average (decay
 0.998) of the trained ones, written every few minutes, so an interrupted run leaves a usable model.
 
-The committed weights were made with (2 CPU threads, shared machine):
-  COMFYUI_PATH=~/.cache/motionclone-ci/comfyui-v0.8.0 python bench/toymodel/train.py --minutes 40
+The committed weights were made with (on a 2-core machine shared with other jobs; see training_log.json):
+  OMP_NUM_THREADS=1 COMFYUI_PATH=~/.cache/motionclone-ci/comfyui-v0.8.0 \
+      python bench/toymodel/train.py --steps 1500 --lr 5e-4 --batch 4 --threads 1
+One thread because the two cores were shared: with two, OpenMP's threads spent ~80 % of the time waiting
+at barriers for each other (6.6 s per step against 1.2 s with one). On an idle machine use --threads 2.
+Seeded and step-based (data, noise, timesteps and the learning-rate schedule depend only on the step),
+so the same command on the same torch build gives the same weights; `--minutes` only guards the wall time
+(training_log.json records whether it stopped early).
 """
 
 from __future__ import annotations
@@ -53,7 +59,8 @@ def import_comfy():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--minutes", type=float, default=40.0, help="training wall time")
+    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps (the learning-rate schedule's length)")
+    parser.add_argument("--minutes", type=float, default=45.0, help="safety limit on the wall time: stops early if hit")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch", type=int, default=4, help="clips per step")
     parser.add_argument("--lr", type=float, default=4e-4)
@@ -74,16 +81,16 @@ def main():
 
     trainer = ToyTrainer(arch, options.seed)
     os.makedirs(options.out, exist_ok=True)
-    log = {"command": " ".join(sys.argv), "seed": options.seed, "batch": options.batch, "lr": options.lr,
+    log = {"command": " ".join(sys.argv), "planned_steps": options.steps, "seed": options.seed, "batch": options.batch, "lr": options.lr,
            "threads": options.threads, "steps": [], "loss": []}
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=options.lr, weight_decay=0.0)
     start = time.time()
     last_save = start
     step, window = 0, []
     deadline = start + options.minutes * 60
-    while time.time() < deadline:
+    while step < options.steps and time.time() < deadline:
         warmup = min(1.0, (step + 1) / 200)
-        progress = min(1.0, (time.time() - start) / (options.minutes * 60))
+        progress = step / options.steps
         for group in optimizer.param_groups:
             group["lr"] = options.lr * warmup * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
         loss = trainer.loss(trainer.batch(options.batch, step))
@@ -114,7 +121,7 @@ def save(trainer, arch, out: str, log: dict, step: int, seconds: float) -> None:
         for name in WEIGHT_FILES:
             with open(os.path.join(out, name), "rb") as weights:
                 handle.write(f"{hashlib.sha256(weights.read()).hexdigest()}  {name}\n")
-    log.update({"total_steps": step, "wall_seconds": round(seconds, 1)})
+    log.update({"total_steps": step, "wall_seconds": round(seconds, 1), "stopped_early": step < log["planned_steps"]})
     with open(os.path.join(out, "training_log.json"), "w") as handle:
         json.dump(log, handle, indent=1)
     print(f"saved weights after {step} steps, {seconds:.0f} s", flush=True)
