@@ -57,9 +57,14 @@ CLIP_CONFIG = {
 CLIP_SEED = 11
 TOKEN_EMBEDDING_KEY = "clip_l.transformer.text_model.embeddings.token_embedding.weight"
 
-# The model-space latent (VAE latent x SD1.5's scale factor 0.18215) is 4 * (colour - 0.5): unit-ish
-# variance, like a real SD latent. TAESD's vae_scale/vae_shift map the encoder's colour to that.
+# The model-space latent (VAE latent x SD1.5's scale factor 0.18215) is 4 * (colour - 0.09): the toy
+# world's dark background is 0 and a shape's colours reach about 3.5, a spread like a real SD latent's.
+# Centred on the background: with a large mean, an epsilon-predicting UNet has to predict the noise to
+# within a few hundredths at the noisiest timesteps (the mean error is multiplied by sigma ~25 there),
+# which the toy training did not reach (sampled frames kept a wrong mean and stayed noise).
+# TAESD's vae_scale/vae_shift map the encoder's colour to that.
 LATENT_GAIN = 4.0
+LATENT_ZERO = 0.09  # the colour that maps to 0: the plain background's (0.08, 0.08, 0.10), rounded
 SD15_SCALE_FACTOR = 0.18215
 # TAESD's decoder starts with tanh(x / 3) * 3: the encoder hands on half the colour, where it is linear
 # to within 1 %, and the decoder's last convolution doubles it again.
@@ -67,7 +72,7 @@ DECODER_INPUT_GAIN = 0.5
 LUMA = torch.tensor([0.25, 0.5, 0.25])  # latent channel 3: (R + 2G + B) / 4, weights exact in float8
 # TAESD encodes as encoder(image) / vae_scale + vae_shift and decodes decoder((z - vae_shift) * vae_scale).
 VAE_SCALE = DECODER_INPUT_GAIN * SD15_SCALE_FACTOR / LATENT_GAIN
-VAE_SHIFT = -0.5 * LATENT_GAIN / SD15_SCALE_FACTOR
+VAE_SHIFT = -LATENT_ZERO * LATENT_GAIN / SD15_SCALE_FACTOR
 
 
 def build_unet_model():
@@ -169,4 +174,4 @@ def encode_frames(frames: torch.Tensor, cell: int = 8) -> torch.Tensor:
     a frame rendered at half size with `cell` 4 gives the same latent up to anti-aliasing."""
     colour = torch.nn.functional.avg_pool2d(frames.movedim(-1, 1), cell)
     luma = torch.einsum("nchw,c->nhw", colour, LUMA)[:, None]
-    return LATENT_GAIN * (torch.cat([colour, luma], dim=1) - 0.5)
+    return LATENT_GAIN * (torch.cat([colour, luma], dim=1) - LATENT_ZERO)

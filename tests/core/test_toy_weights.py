@@ -48,10 +48,10 @@ def test_vae_is_in_taesd_layout_with_the_latent_normalisation():
     state = safetensors.torch.load_file(os.path.join(WEIGHTS, "toy_vae.safetensors"))
     assert state["taesd_decoder.1.weight"].shape[1] == 4  # ComfyUI's VAE class detects TAESD by this key
     assert any(k.startswith("taesd_encoder.") for k in state)
-    # Model-space latent 4 * (colour - 0.5): (half the colour) / vae_scale + vae_shift, times SD1.5's 0.18215.
-    colour = torch.tensor([0.0, 0.5, 1.0])
+    # Model-space latent 4 * (colour - 0.09): (half the colour) / vae_scale + vae_shift, times SD1.5's 0.18215.
+    colour = torch.tensor([0.0, 0.09, 0.5, 1.0])
     latent = (0.5 * colour / state["vae_scale"].float() + state["vae_shift"].float()) * 0.18215
-    assert torch.allclose(latent, 4 * (colour - 0.5), atol=1e-4)
+    assert torch.allclose(latent, 4 * (colour - 0.09), atol=1e-4)
 
 
 def test_clip_file_keeps_the_toy_words_rows_only():
