@@ -76,12 +76,19 @@ VAE_SHIFT = -LATENT_ZERO * LATENT_GAIN / SD15_SCALE_FACTOR
 
 
 def build_unet_model():
-    """A fresh `comfy.model_base.BaseModel` (SD15 config class) with `TOY_UNET`; weights uninitialised."""
+    """A fresh `comfy.model_base.BaseModel` (SD15 config class, v-prediction) with `TOY_UNET`; weights
+    uninitialised.
+
+    v-prediction (as SD2 and SD1.5 v-prediction fine-tunes): with epsilon prediction the denoised estimate
+    at the noisiest timesteps is the epsilon error times sigma (~25 under AnimateDiff's schedule), so a toy
+    UNet trained for minutes drew noise; v-prediction keeps that error at the size of the UNet's own.
+    """
+    import comfy.model_base
     import comfy.supported_models
 
     config = comfy.supported_models.SD15(dict(TOY_UNET))
     config.set_inference_dtype(torch.float32, None)
-    return config.get_model({})
+    return comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.V_PREDICTION)
 
 
 def clip_target():

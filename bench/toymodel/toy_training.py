@@ -142,14 +142,15 @@ class ToyTrainer:
         return self.unet(noisy, timesteps=timesteps, context=context, transformer_options=options)
 
     def loss(self, batch) -> torch.Tensor:
-        """Epsilon-prediction MSE at one random timestep per clip."""
+        """v-prediction MSE (target sqrt(a) * noise - sqrt(1 - a) * latent) at one random timestep per clip."""
         latents, context = batch
         clips = latents.shape[0] // self.arch.FRAMES
         t = torch.randint(0, 1000, (clips,), generator=self.generator).repeat_interleave(self.arch.FRAMES)
         noise = torch.randn(latents.shape, generator=self.generator)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
-        return torch.nn.functional.mse_loss(self.predict(noisy, t.float(), context), noise)
+        target = a.sqrt() * noise - (1 - a).sqrt() * latents
+        return torch.nn.functional.mse_loss(self.predict(noisy, t.float(), context), target)
 
     @torch.no_grad()
     def update_average(self) -> None:

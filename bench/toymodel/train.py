@@ -1,7 +1,7 @@
 """Train the toy video model (UNet + motion module) on the toy world, seeded, on a CPU.
 
 What it trains: ComfyUI's SD1.5 UNet at toy widths (`architecture.TOY_UNET`) and an AnimateDiff
-v3-layout motion module of this pack, jointly, from scratch, with the standard epsilon objective under
+v3-layout motion module of this pack, jointly, from scratch, with the v-prediction objective under
 AnimateDiff's noise schedule (ComfyUI's "sqrt_linear", betas 0.00085..0.012 over 1000 steps). The text
 encoder is frozen at seeded weights; the VAE is fixed-function (see `architecture.py`), so its latents are
 computed directly (`architecture.encode_frames`). Clips are drawn fresh at every step from the toy world
@@ -16,7 +16,7 @@ training_log.json (loss per 100 steps, wall time). Weights are the exponential m
 
 The committed weights were made with (on a 2-core machine shared with other jobs; see training_log.json):
   OMP_NUM_THREADS=1 COMFYUI_PATH=~/.cache/motionclone-ci/comfyui-v0.8.0 \
-      python bench/toymodel/train.py --steps 1500 --lr 5e-4 --batch 4 --threads 1
+      python bench/toymodel/train.py --steps 1400 --lr 5e-4 --batch 4 --threads 1
 One thread because the two cores were shared: with two, OpenMP's threads spent ~80 % of the time waiting
 at barriers for each other (6.6 s per step against 1.2 s with one). On an idle machine use --threads 2.
 Seeded and step-based (data, noise, timesteps and the learning-rate schedule depend only on the step),
