@@ -60,12 +60,19 @@ def motion_scores(path: str) -> dict[str, float]:
     import torch
     from PIL import Image, ImageSequence
 
+    from motionclone.errors import MotionCloneError
     from motionclone.fidelity import motion_fidelity
+
+    def score(reference, generated) -> float:
+        try:
+            return motion_fidelity(reference, generated).score
+        except MotionCloneError:  # no point of the generated panel could be tracked: nothing follows the motion
+            return 0.0
 
     with Image.open(path) as animation:
         frames = np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(animation)])
     panels = torch.from_numpy(frames).float().div(255).chunk(3, dim=2)  # side by side: split the width
-    return {"unguided": motion_fidelity(panels[0], panels[1]).score, "cloned": motion_fidelity(panels[0], panels[2]).score}
+    return {"unguided": score(panels[0], panels[1]), "cloned": score(panels[0], panels[2])}
 
 
 if __name__ == "__main__":
