@@ -88,8 +88,10 @@ class LoadToyModel(io.ComfyNode):
             description="The toy video model bundled with the pack (under 10 MB): an SD1.5-architecture UNet at toy "
             "widths, an AnimateDiff v3-layout motion module, a tiny text encoder and VAE, trained on a toy world of "
             "one coloured shape (red, green, blue, yellow, cyan, magenta, orange or white circle, square or "
-            "triangle) moving, zooming or still on a dark background, 8 frames at 128x128. Prompts such as 'a red "
-            "circle'; it draws soft-edged shapes. For trying the pack on a CPU before downloading SD1.5.",
+            "triangle) moving, zooming or still on a dark background, 8 frames at 128x128, in 18 minutes on one CPU "
+            "core. It draws soft-edged coloured blobs on the dark background and follows the prompt's colour and shape "
+            "only weakly (trained too briefly for that); motion guidance moves its blobs with the reference. For trying "
+            "the pack on a CPU before downloading SD1.5.",
             inputs=[],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The toy SD1.5-architecture MODEL, for 'MotionClone: "
