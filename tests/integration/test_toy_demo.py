@@ -59,3 +59,19 @@ def test_demo_saves_reference_unguided_and_cloned_side_by_side(animation):
 def test_cloned_panel_follows_the_reference_and_the_unguided_one_does_not(animation):
     scores = demo.motion_scores(animation)
     assert scores["cloned"] >= scores["unguided"] + 0.3, scores
+
+
+@pytest.mark.parametrize("node_id, display_name", [("MotionCloneLoadToyModel", "MotionClone: Load Toy Model"),
+                                                   ("MotionCloneToyReferenceClip", "MotionClone: Toy Reference Clip")])
+def test_toy_nodes_are_served_with_tooltips(object_info, node_id, display_name):
+    info = object_info[node_id]
+    assert info["display_name"] == display_name and info["category"] == "MotionClone" and info["description"]
+    for name, spec in info["input"].get("required", {}).items():
+        assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+    assert all(info["output_tooltips"]), info["output_tooltips"]
+    if node_id == "MotionCloneLoadToyModel":
+        assert info["output"] == ["MODEL", "CLIP", "VAE", "MOTIONCLONE_MOTION_MODEL"]
+    else:
+        spec = info["input"]["required"]["clip"]
+        options = spec[0] if isinstance(spec[0], list) else spec[1]["options"]  # the combo format differs by version
+        assert info["output"] == ["IMAGE"] and "red circle moving right" in options
