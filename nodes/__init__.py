@@ -8,10 +8,10 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import animatediff, fidelity, frames, inversion, motion, sampler, subjects
+from . import animatediff, fidelity, frames, inversion, motion, sampler, subjects, toy_model
 
 NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *frames.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES,
-                                   *sampler.NODES, *fidelity.NODES]
+                                   *sampler.NODES, *fidelity.NODES, *toy_model.NODES]
 
 
 def register_model_folders() -> None:
