@@ -28,6 +28,11 @@ BOX_COLOURS = {  # fill, outline
 
 # name -> (title lines, mode, rows of (kind, label); several boxes in a row run side by side, settings)
 CARDS = {
+    "0-try-it-on-cpu": (
+        ["Try it on a CPU", "toy model, no downloads"], "speed",
+        [[("mc", "Load Toy Model"), ("mc", "Toy Reference Clip")], [("mc", "Extract Motion")],
+         [("core", "KSampler (unguided)"), ("mc", "MotionClone Sampler")], [("out", "side by side → WebP")]],
+        "8 × 128² · 20 steps, 8 guided · ~20 s"),
     "1-camera-motion-clone": (
         ["Camera motion", "clone"], "speed",
         [[("clip", "reference clip")], [("mc", "Extract Motion")], [("mc", "MotionClone Sampler")],

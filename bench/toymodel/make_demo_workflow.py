@@ -25,7 +25,7 @@ Everything here ships with the pack: a toy video model (an SD1.5-architecture UN
 What to change
 1. Toy Reference Clip: pick the motion to clone.
 2. New prompt: another colour and shape, e.g. "a green triangle" (colours: red, green, blue, yellow, cyan, magenta, orange, white; shapes: circle, square, triangle).
-3. Queue. The saved animation shows reference | unguided | cloned: the unguided video's blob flickers or stays put, the cloned one moves with the reference.
+3. Run. The saved animation shows reference | unguided | cloned: the unguided video's blob flickers or stays put, the cloned one moves with the reference.
 
 What the toy model can and cannot do: it draws soft-edged blobs on a dark background and moves them with MotionClone's guidance; it follows the prompt's colour and shape only weakly (18 minutes of training on one CPU core), so judge the motion, not the subject.
 

@@ -20,7 +20,7 @@ import pytest
 
 from comfy_harness import PACK_ROOT
 from comfy_server import PACK_FOLDER_NAME, running_server
-from workflows import CPU_OVERRIDES, load_workflow, to_api_prompt, validate_workflow, with_cpu_overrides, workflow_paths
+from workflows import cpu_overrides_for, load_workflow, to_api_prompt, validate_workflow, with_cpu_overrides, workflow_paths
 
 pytestmark = pytest.mark.browser
 
@@ -141,8 +141,9 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
         assert loaded[node["id"]] == node["widgets_values"], f"node {node['id']} ({node['type']}): the frontend reads its widgets differently"
     assert _frontend_prompt(page, object_info) == to_api_prompt(workflow, object_info), "the frontend queues another prompt than the tests' converter"
 
-    page.evaluate(SET_WIDGETS, CPU_OVERRIDES)
-    assert _frontend_prompt(page, object_info) == with_cpu_overrides(to_api_prompt(workflow, object_info))
+    overrides = cpu_overrides_for(name)
+    page.evaluate(SET_WIDGETS, overrides)
+    assert _frontend_prompt(page, object_info) == with_cpu_overrides(to_api_prompt(workflow, object_info), overrides)
     page.evaluate(WATCH_RUN)
     page.get_by_role("button", name="Run", exact=True).first.click()
     page.wait_for_function("() => window.__motionclone_run !== null || document.querySelector('.p-dialog') !== null",
