@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from bench.toyworld import ClipSpec, ShapeSpec, render_clip
 from comfy_harness import PromptFailed
@@ -37,6 +36,8 @@ def clips(comfyui) -> dict[str, str]:
         "pan_faster": _pan((4.0, 2.0), texture_seed=7),
         "pan_back": _pan((-2.0, -1.0), texture_seed=3),
     }
+    from PIL import Image  # ComfyUI's requirements bring it; the core tier collects without it
+
     names = {}
     for name, clip in frames.items():
         pages = [Image.fromarray(np.round(frame.numpy() * 255).astype(np.uint8)) for frame in clip]
@@ -64,6 +65,7 @@ def _run(comfyui, *args, **kwargs) -> tuple[float, dict]:
 
 def _image_size(image: dict) -> tuple[int, int]:
     import folder_paths
+    from PIL import Image
 
     folder = folder_paths.get_temp_directory() if image["type"] == "temp" else folder_paths.get_output_directory()
     with Image.open(os.path.join(folder, image["subfolder"], image["filename"])) as png:

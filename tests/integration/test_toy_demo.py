@@ -11,7 +11,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageSequence
 
 from comfy_harness import PACK_ROOT
 
@@ -45,6 +44,8 @@ def animation(comfyui):
 
 
 def test_demo_saves_reference_unguided_and_cloned_side_by_side(animation):
+    from PIL import Image, ImageSequence  # ComfyUI's requirements bring it; the core tier collects without it
+
     with Image.open(animation) as webp:
         frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(webp)]
     assert len(frames) == 8 and frames[0].shape == (128, 3 * 128, 3)
