@@ -8,6 +8,7 @@ logged, and are bounded (`excerpt`).
 from __future__ import annotations
 
 import logging
+import math
 
 import comfy.model_patcher
 import comfy.patcher_extension
@@ -69,5 +70,5 @@ def refuse_stacked_guidance(model: comfy.model_patcher.ModelPatcher) -> None:
 
 def check_number(value: float, input_name: str) -> None:
     """NaN and infinity pass ComfyUI's min/max checks; refuse them by name."""
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         raise MotionCloneError(f"'{input_name}' is {value}; it must be a finite number. Type a number into '{input_name}'.")
