@@ -25,7 +25,13 @@ from comfy_api.latest import io
 
 from ..motionclone import MotionCloneError, MotionMismatchError, MotionRepresentation
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
-from ..motionclone.windows import FUSIONS, SCHEDULES, TRAINED_LENGTH, ContextWindows, fuse
+from ..motionclone.windows import (
+    FUSIONS,
+    SCHEDULES,
+    TRAINED_LENGTH,
+    ContextWindows,
+    fuse,
+)
 from .autograd import capture_attention, capture_forward, new_capture
 from .patching import (
     CAPTURE_KEY,

@@ -10,7 +10,14 @@ import safetensors
 import safetensors.torch
 import torch
 
-from motionclone import MotionFileError, MotionMetadata, load_motion, save_motion, stack_timesteps, top_k_representation
+from motionclone import (
+    MotionFileError,
+    MotionMetadata,
+    load_motion,
+    save_motion,
+    stack_timesteps,
+    top_k_representation,
+)
 from motionclone.representation import stack_windows
 from motionclone.validation import validate_representation
 

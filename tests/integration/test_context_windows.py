@@ -5,9 +5,13 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-
 from comfy_harness import PromptFailed, loaded_pack_module
-from prompts import extract_prompt, guidance_ksampler_prompt, motionclone_prompt, video_prompt
+from prompts import (
+    extract_prompt,
+    guidance_ksampler_prompt,
+    motionclone_prompt,
+    video_prompt,
+)
 
 
 def _latent(path) -> torch.Tensor:
@@ -97,7 +101,7 @@ def test_windowed_extraction_holds_one_entry_per_window_and_guides_a_long_clip(c
     loaded = loaded_pack_module("motionclone.motion_file").load_motion(
         f"{comfyui.models_dir}/motionclone/windowed40_00001_.safetensors")
     meta = loaded.metadata
-    assert meta.windowed and meta.windows == [tuple(range(0, 16)), tuple(range(12, 28)), tuple(range(24, 40))]
+    assert meta.windowed and meta.windows == [tuple(range(16)), tuple(range(12, 28)), tuple(range(24, 40))]
     assert next(iter(loaded.values.values())).shape[0] == 3 and next(iter(loaded.values.values())).shape[-2] == 16
 
 
