@@ -9,8 +9,13 @@ re-drawn as "a blue square", and reports per row (unguided / MotionClone Sampler
   window, and in each overlap region (the seams) of the window layout;
 - wall time per clip and per frame.
 
+With `--memory`: the bytes autograd keeps for backward at once (`KeptForBackward`: distinct storages,
+weights excluded) and the time of a guided MotionClone Sampler run on the integration tier's tiny model, for
+16 to 64 frames, window-free where the motion module allows it and windowed beyond.
+
 Usage: COMFYUI_PATH=~/.cache/motionclone-ci/comfyui-v0.8.0 python bench/long_video.py [--frames 40,48,64]
-       [--length 16 --overlap 4] [--seeds 1]
+       [--length 16 --overlap 4] [--seeds 1]    (fidelity table)
+       ... python bench/long_video.py --memory [--length 16 --overlap 4]    (kept bytes and time vs 16 frames)
 """
 
 from __future__ import annotations
@@ -130,6 +135,97 @@ def run(comfy, frames: int, length: int | None, overlap: int, seeds, rows=ROWS, 
     return results
 
 
+class KeptForBackward:
+    """The most bytes autograd keeps for backward at once: distinct storages of saved tensors, weights excluded.
+
+    A saved tensor is counted from the forward that saves it until its graph is freed (the backward of its
+    gradient pass), through a handle whose release ends the count; storages shared by several saved tensors
+    count once. Weights (`torch.nn.Parameter`, the autograd-ready copies included) are resident anyway.
+    """
+
+    def __init__(self):
+        self.live: dict[int, list[int]] = {}  # storage address -> [saved tensors holding it, bytes]
+        self.now = 0
+        self.peak = 0
+
+    def pack(self, tensor):
+        if isinstance(tensor, torch.nn.Parameter):
+            return tensor
+        storage = tensor.untyped_storage()
+        entry = self.live.setdefault(storage.data_ptr(), [0, storage.nbytes()])
+        if entry[0] == 0:
+            self.now += entry[1]
+            self.peak = max(self.peak, self.now)
+        entry[0] += 1
+        return _Saved(self, storage.data_ptr(), tensor)
+
+    @staticmethod
+    def unpack(saved):
+        return saved.tensor if isinstance(saved, _Saved) else saved
+
+    def release(self, address: int) -> None:
+        entry = self.live[address]
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.now -= entry[1]
+            del self.live[address]
+
+
+class _Saved:
+    def __init__(self, meter: KeptForBackward, address: int, tensor):
+        self.meter, self.address, self.tensor = meter, address, tensor
+
+    def __del__(self):
+        self.meter.release(self.address)
+
+
+def kept_for_backward_of_a_guided_run(comfyui, model, frames: int) -> int:
+    """Peak bytes kept for backward (`KeptForBackward`) of a 3-step MotionClone Sampler run, 2 steps guided, on
+    `frames` frames of 128x128 (a tiny model's MODEL); also asserts that every graph was freed."""
+    positive = comfyui.node("MotionCloneTestRandomConditioning")().build(2)[0]
+    negative = comfyui.node("MotionCloneTestRandomConditioning")().build(3)[0]
+    reference = {"samples": torch.randn(frames, 4, 16, 16, generator=torch.Generator().manual_seed(4))}
+    motion = comfyui.node("MotionCloneExtractMotion").execute(
+        model=model, width=128, height=128, resize="stretch", timestep=400, seed=1, blocks="up_blocks.1", top_k=1,
+        latent=reference, conditioning=positive).args[0]
+    meter = KeptForBackward()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        comfyui.node("MotionCloneSampler").execute(
+            model=model, seed=3, steps=3, guided_steps=2, guided_fraction=0.3, cfg=7.5, positive=positive,
+            negative=negative, latent_image={"samples": torch.zeros(frames, 4, 16, 16)}, motion=motion,
+            motion_weight=2000.0, warm_up_steps=0, cool_down_steps=0)
+    if meter.now or meter.live:
+        raise RuntimeError(f"{meter.now} bytes are still kept for backward after the run: a graph was not freed")
+    return meter.peak
+
+
+def memory_table(comfy, length: int, overlap: int, frame_counts=(16, 32, 48, 64)) -> list[dict]:
+    """Kept bytes and time per guided run of the integration tier's tiny SD1.5-layout model (random weights),
+    window-free where the motion module allows it (32 frames) and windowed beyond."""
+    sys.path.insert(0, os.path.join(PACK_ROOT, "tests"))
+    import safetensors.torch
+    from tiny_models import tiny_motion_state_dict
+
+    folder = os.path.join(comfy.models_dir, "animatediff_models")
+    safetensors.torch.save_file(tiny_motion_state_dict("v3", seed=11), os.path.join(folder, "tiny_v3.safetensors"))
+    rows = []
+    with torch.inference_mode():
+        model = comfy.node("MotionCloneTestTinySD15")().build(seed=1)[0]
+        motion = comfy.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
+        plain = comfy.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+        windowed = comfy.node("MotionCloneContextWindows").execute(model=plain, length=length, overlap=overlap,
+                                                                   schedule="uniform", fusion="pyramid").args[0]
+        for frames in frame_counts:
+            for name, patched in (("window-free", plain), (f"windows {length}/{overlap}", windowed)):
+                if name == "window-free" and frames > 32 or name != "window-free" and frames <= length:
+                    continue
+                began = time.perf_counter()
+                kept = kept_for_backward_of_a_guided_run(comfy, patched, frames)
+                rows.append({"frames": frames, "mode": name, "kept_bytes": kept, "seconds": time.perf_counter() - began})
+                print(json.dumps(rows[-1]))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--frames", default="40,48,64", help="comma-separated clip lengths")
@@ -137,6 +233,7 @@ def main():
     parser.add_argument("--overlap", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--json", help="also write the per-run results here")
+    parser.add_argument("--memory", action="store_true", help="only the memory table (tiny model: kept bytes, time)")
     options = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     from bench.fidelity import start
@@ -144,6 +241,14 @@ def main():
     results = []
     with tempfile.TemporaryDirectory() as workdir:
         comfy = start(workdir)
+        if options.memory:
+            rows = memory_table(comfy, options.length, options.overlap)
+            base = next(r for r in rows if r["frames"] == 16)
+            print("\n| frames | mode | kept for backward (MiB) | vs 16 frames | s per run | s per frame |\n|---|---|---|---|---|---|")
+            for r in rows:
+                print(f"| {r['frames']} | {r['mode']} | {r['kept_bytes'] / 2**20:.2f} | {r['kept_bytes'] / base['kept_bytes']:.2f} | "
+                      f"{r['seconds']:.1f} | {r['seconds'] / r['frames']:.2f} |")
+            return
         for frames in (int(f) for f in options.frames.split(",")):
             results += run(comfy, frames, options.length, options.overlap, range(1, options.seeds + 1))
     print("\n| frames | method | whole clip | 8-frame segments | per window (min..max) | per overlap (mean; min..max) | s / clip | s / frame |")

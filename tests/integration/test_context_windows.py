@@ -13,6 +13,8 @@ from prompts import (
     video_prompt,
 )
 
+from bench.long_video import kept_for_backward_of_a_guided_run
+
 
 def _latent(path) -> torch.Tensor:
     return safetensors.torch.load_file(str(path))["samples"]
@@ -165,73 +167,12 @@ def test_core_context_windows_and_ours_on_one_model_are_refused(comfyui, tmp_pat
         comfyui.run_prompt(prompt)
 
 
-class KeptForBackward:
-    """The most bytes autograd keeps for backward at once: distinct storages of saved tensors, weights excluded.
-
-    A saved tensor is counted from the forward that saves it until its graph is freed (the backward of its
-    gradient pass), through a handle whose release ends the count; storages shared by several saved tensors
-    count once. Weights (`torch.nn.Parameter`, the autograd-ready copies included) are resident anyway.
-    """
-
-    def __init__(self):
-        self.live: dict[int, list[int]] = {}  # storage address -> [saved tensors holding it, bytes]
-        self.now = 0
-        self.peak = 0
-
-    def pack(self, tensor):
-        if isinstance(tensor, torch.nn.Parameter):
-            return tensor
-        storage = tensor.untyped_storage()
-        entry = self.live.setdefault(storage.data_ptr(), [0, storage.nbytes()])
-        if entry[0] == 0:
-            self.now += entry[1]
-            self.peak = max(self.peak, self.now)
-        entry[0] += 1
-        return _Saved(self, storage.data_ptr(), tensor)
-
-    @staticmethod
-    def unpack(saved):
-        return saved.tensor if isinstance(saved, _Saved) else saved
-
-    def release(self, address: int) -> None:
-        entry = self.live[address]
-        entry[0] -= 1
-        if entry[0] == 0:
-            self.now -= entry[1]
-            del self.live[address]
-
-
-class _Saved:
-    def __init__(self, meter: KeptForBackward, address: int, tensor):
-        self.meter, self.address, self.tensor = meter, address, tensor
-
-    def __del__(self):
-        self.meter.release(self.address)
-
-
-def _kept_for_backward_of_a_guided_run(comfyui, model, frames: int) -> int:
-    positive = comfyui.node("MotionCloneTestRandomConditioning")().build(2)[0]
-    negative = comfyui.node("MotionCloneTestRandomConditioning")().build(3)[0]
-    reference = {"samples": torch.randn(frames, 4, 16, 16, generator=torch.Generator().manual_seed(4))}
-    motion = comfyui.node("MotionCloneExtractMotion").execute(
-        model=model, width=128, height=128, resize="stretch", timestep=400, seed=1, blocks="up_blocks.1", top_k=1,
-        latent=reference, conditioning=positive).args[0]
-    meter = KeptForBackward()
-    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
-        comfyui.node("MotionCloneSampler").execute(
-            model=model, seed=3, steps=3, guided_steps=2, guided_fraction=0.3, cfg=7.5, positive=positive,
-            negative=negative, latent_image={"samples": torch.zeros(frames, 4, 16, 16)}, motion=motion,
-            motion_weight=2000.0, warm_up_steps=0, cool_down_steps=0)
-    assert meter.now == 0 and not meter.live  # every graph was freed by its backward
-    return meter.peak
-
-
 def test_a_64_frame_windowed_guided_step_keeps_what_a_16_frame_step_keeps_for_backward(comfyui):
     with torch.inference_mode():
         plain, windowed = _models(comfyui, 16, 4)
-        sixteen = _kept_for_backward_of_a_guided_run(comfyui, plain, 16)
-        thirty_two = _kept_for_backward_of_a_guided_run(comfyui, plain, 32)
-        sixty_four = _kept_for_backward_of_a_guided_run(comfyui, windowed, 64)
+        sixteen = kept_for_backward_of_a_guided_run(comfyui, plain, 16)
+        thirty_two = kept_for_backward_of_a_guided_run(comfyui, plain, 32)
+        sixty_four = kept_for_backward_of_a_guided_run(comfyui, windowed, 64)
     # The measure grows with the frames of one gradient pass (window-free 32 frames: about twice 16's) ...
     assert thirty_two > 1.8 * sixteen, (sixteen, thirty_two)
     # ... and 64 frames in 5 windows of 16 keep one window's worth.
