@@ -32,6 +32,7 @@ from .representation import (
     index_dtype_for,
     motion_loss,
     stack_timesteps,
+    stack_windows,
     top_k_representation,
 )
 from .schedule import (
@@ -85,6 +86,7 @@ __all__ = [
     "sample_motionclone",
     "save_motion",
     "stack_timesteps",
+    "stack_windows",
     "temporal_attention_probs",
     "top_k_representation",
     "validate_block_names",

@@ -28,6 +28,8 @@ def save_motion(representation: MotionRepresentation, path: str) -> None:
             "frames": meta.frames, "latent_height": meta.latent_height, "latent_width": meta.latent_width,
             "layers": list(meta.layers), "blocks": list(meta.blocks), "top_k": meta.top_k,
             "timestep": meta.timestep, "model_family": meta.model_family, "timesteps": list(meta.timesteps),
+            **({"window_length": meta.window_length, "window_overlap": meta.window_overlap,
+                "window_schedule": meta.window_schedule} if meta.windowed else {}),
         }),
     }
     tensors = {}

@@ -9,19 +9,24 @@ A representation is either read at one noise level (the official v2: one noised 
 every guided step) or, from a DDIM inversion (v1 fidelity), one entry per guided timestep of a given
 sampling schedule, stacked along a leading axis; the sampler then uses the entry of its current step.
 
+A clip longer than one context window (`motionclone.windows`) is read window by window: a windowed
+representation holds one entry per window, stacked along an axis after the timestep axis, each with the
+window's own frame axis (key-frame indices local to the window), and its metadata names the layout.
+
 The motion loss (v2 form) pulls the generated video's probabilities, gathered at the stored indices,
 towards the stored values: `sum over layers of mean((A_gen[p, h, i, J] - V)^2)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from .errors import MotionCloneError, MotionMismatchError
+from .windows import ContextWindows
 
-FORMAT_VERSION = 2  # 2 added per-timestep representations (metadata "timesteps")
+FORMAT_VERSION = 3  # 2 added per-timestep representations (metadata "timesteps"); 3 windowed ones ("window_*")
 
 
 def index_dtype_for(frames: int) -> torch.dtype:
@@ -47,6 +52,38 @@ class MotionMetadata:
     model_family: str
     timesteps: tuple[int, ...] = ()  # per-timestep representation: the sampling timesteps of its entries
     format_version: int = FORMAT_VERSION
+    # Windowed representation (more than one context window): the layout it was read with; 0 = one window.
+    window_length: int = 0
+    window_overlap: int = 0
+    window_schedule: str = ""
+
+    @property
+    def windowed(self) -> bool:
+        return self.window_length > 0
+
+    @property
+    def context_windows(self) -> ContextWindows | None:
+        if not self.windowed:
+            return None
+        return ContextWindows(self.window_length, self.window_overlap, self.window_schedule)
+
+    @property
+    def windows(self) -> list[tuple[int, ...]]:
+        """The frame indices of each window the motion was read in (one window of all frames if not windowed)."""
+        if not self.windowed:
+            return [tuple(range(self.frames))]
+        return self.context_windows.index_lists(self.frames)
+
+    @property
+    def frames_per_window(self) -> int:
+        """The length of the frame (query and key) axes of the stored tensors."""
+        return self.window_length if self.windowed else self.frames
+
+    def describe_windows(self) -> str:
+        if not self.windowed:
+            return "one window (the whole clip)"
+        return (f"{len(self.windows)} windows of {self.window_length} frames (overlap {self.window_overlap}, "
+                f"{self.window_schedule})")
 
     def describe(self) -> str:
         if self.timesteps:
@@ -54,8 +91,9 @@ class MotionMetadata:
                     "from a DDIM inversion")
         else:
             when = f"t={self.timestep}"
+        windows = f", {self.describe_windows()}" if self.windowed else ""
         return (
-            f"{self.frames} frames, latent {self.latent_width}x{self.latent_height} "
+            f"{self.frames} frames{windows}, latent {self.latent_width}x{self.latent_height} "
             f"({self.latent_width * 8}x{self.latent_height * 8} px), {len(self.layers)} layers of "
             f"{'+'.join(self.blocks)}, top-{self.top_k}, {when}, {self.model_family}"
         )
@@ -66,7 +104,8 @@ class MotionRepresentation:
     """Per layer: `values[layer]` fp16 and `indices[layer]` integer, both `(h_l * w_l, heads, F, k)`.
 
     A per-timestep representation (`metadata.timesteps` not empty) holds `(S, h_l * w_l, heads, F, k)`,
-    entry s belonging to sampling timestep `metadata.timesteps[s]`.
+    entry s belonging to sampling timestep `metadata.timesteps[s]`. A windowed one (`metadata.windowed`)
+    holds `([S,] n_windows, h_l * w_l, heads, W, k)`, W the window length, indices local to the window.
     """
 
     metadata: MotionMetadata
@@ -104,6 +143,33 @@ class MotionRepresentation:
         values = {name: pick(v).to(device=device, dtype=torch.float32, copy=True) for name, v in self.values.items()}
         indices = {name: pick(j).to(device=device, dtype=torch.int64, copy=True) for name, j in self.indices.items()}
         return values, indices
+
+
+    def window(self, index: int) -> MotionRepresentation:
+        """Window `index` of a windowed representation as a window-free one of `W` frames (views, no copy)."""
+        meta = self.metadata
+        if not meta.windowed:
+            raise MotionCloneError("This MOTION is not windowed; it has one window, the whole clip.")
+        axis = 1 if meta.timesteps else 0
+        single = replace(meta, frames=meta.window_length, window_length=0, window_overlap=0, window_schedule="")
+        return MotionRepresentation(single, {name: v.select(axis, index) for name, v in self.values.items()},
+                                    {name: j.select(axis, index) for name, j in self.indices.items()})
+
+
+def stack_windows(entries: list[MotionRepresentation], metadata: MotionMetadata) -> MotionRepresentation:
+    """Representations read from each window of `metadata.windows`, in window order, as one windowed one.
+
+    Args:
+        entries: one window-free representation of `metadata.window_length` frames per window.
+
+    Returns:
+        values and indices `(n_windows, N, heads, W, k)`.
+    """
+    if not metadata.windowed or len(entries) != len(metadata.windows):
+        raise MotionCloneError(f"Got {len(entries)} window entries for the layout {metadata.describe_windows()}.")
+    values = {name: torch.stack([e.values[name] for e in entries]) for name in metadata.layers}
+    indices = {name: torch.stack([e.indices[name] for e in entries]) for name in metadata.layers}
+    return MotionRepresentation(metadata, values, indices)
 
 
 def top_k_representation(probs: dict[str, torch.Tensor], k: int, metadata: MotionMetadata) -> MotionRepresentation:

@@ -15,6 +15,7 @@ import torch
 from .errors import MotionCloneError, MotionFileError
 from .motion_module import MOTION_MODULE_HEADS
 from .representation import FORMAT_VERSION, MotionMetadata, MotionRepresentation
+from .windows import SCHEDULES
 
 EXCERPT_CHARS = 60
 MAX_TEXT_CHARS = 200  # model_family, layer and block names
@@ -86,16 +87,32 @@ def metadata_from_header(raw, format_version: int, source: str) -> MotionMetadat
         if not _LAYER.match(layer) or not any(layer.startswith(block + ".") for block in blocks):
             raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} is not a temporal-attention layer of "
                                   f"the blocks {', '.join(blocks)}. {FIX}")
+    window_length, window_overlap, window_schedule = _window_layout(raw, frames, source)
     return MotionMetadata(
         frames=frames,
         latent_height=_integer(raw, "latent_height", 1, MAX_LATENT_SIDE, source),
         latent_width=_integer(raw, "latent_width", 1, MAX_LATENT_SIDE, source),
         layers=layers, blocks=blocks,
-        top_k=_integer(raw, "top_k", 1, frames, source),
+        top_k=_integer(raw, "top_k", 1, window_length or frames, source),
         timestep=_integer(raw, "timestep", 0, 999, source),
         model_family=_text(raw.get("model_family"), "model_family", source),
         timesteps=stamps, format_version=format_version,
+        window_length=window_length, window_overlap=window_overlap, window_schedule=window_schedule,
     )
+
+
+def _window_layout(raw: Mapping, frames: int, source: str) -> tuple[int, int, str]:
+    """`(length, overlap, schedule)` of a windowed motion (format 3); `(0, 0, "")`, one window, when absent
+    (formats 1 and 2 never have it). A windowed motion has more than one window: length < frames."""
+    if raw.get("window_length", 0) == 0 and "window_overlap" not in raw and "window_schedule" not in raw:
+        return 0, 0, ""
+    length = _integer(raw, "window_length", 2, frames - 1, source)
+    overlap = _integer(raw, "window_overlap", 0, length - 1, source)
+    schedule = raw.get("window_schedule")
+    if schedule not in SCHEDULES:
+        raise MotionFileError(f"{source} is damaged: metadata field 'window_schedule' should be one of "
+                              f"{', '.join(SCHEDULES)}, found {excerpt(schedule)}. {FIX}")
+    return length, overlap, schedule
 
 
 def positions_of(layer: str, latent_height: int, latent_width: int) -> int:
@@ -120,30 +137,34 @@ def validate_representation(representation: MotionRepresentation, source: str) -
     meta = representation.metadata
     if not isinstance(meta, MotionMetadata) or meta.format_version > FORMAT_VERSION:
         raise MotionFileError(f"{source} is not a MotionClone motion of format {FORMAT_VERSION} or older. {FIX}")
+    window_frames = meta.frames_per_window
+    if meta.top_k > window_frames:
+        raise MotionFileError(f"{source} is damaged: top-{meta.top_k} exceeds the {window_frames} frames of its "
+                              f"{'windows' if meta.windowed else 'clip'}. {FIX}")
     for layer in meta.layers:
         values, indices = representation.values.get(layer), representation.indices.get(layer)
         if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor):
             raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has no values or indices tensor. {FIX}")
-        lead = (len(meta.timesteps),) if meta.timesteps else ()
+        lead = ((len(meta.timesteps),) if meta.timesteps else ()) + ((len(meta.windows),) if meta.windowed else ())
         expected = (*lead, positions_of(layer, meta.latent_height, meta.latent_width), MOTION_MODULE_HEADS,
-                    meta.frames, meta.top_k)
+                    window_frames, meta.top_k)
         for kind, tensor in (("values", values), ("indices", indices)):
             if tuple(tensor.shape) != expected:
-                axes = ", ".join(map(str, (*lead, "positions", "heads", meta.frames, meta.top_k)))
+                axes = ", ".join(map(str, (*lead, "positions", "heads", window_frames, meta.top_k)))
                 raise MotionFileError(
                     f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has {kind} of shape {tuple(tensor.shape)}, "
-                    f"expected ({axes}) = {expected} for its metadata ({meta.frames} frames, latent "
-                    f"{meta.latent_width}x{meta.latent_height}, top-{meta.top_k}). {FIX}")
+                    f"expected ({axes}) = {expected} for its metadata ({meta.frames} frames, "
+                    f"{meta.describe_windows()}, latent {meta.latent_width}x{meta.latent_height}, top-{meta.top_k}). {FIX}")
         if values.dtype != torch.float16:
             raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} values are {values.dtype}, expected "
                                   f"float16. {FIX}")
         if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
             raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} key-frame indices are {indices.dtype}, "
                                   f"expected an integer type (uint8 for up to 256 frames). {FIX}")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= meta.frames):
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= window_frames):
             raise MotionFileError(
                 f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has key-frame indices out of range: found "
-                f"{int(indices.min())}..{int(indices.max())}, expected 0..{meta.frames - 1} for {meta.frames} frames. {FIX}")
+                f"{int(indices.min())}..{int(indices.max())}, expected 0..{window_frames - 1} for {window_frames} frames. {FIX}")
         if not bool(torch.isfinite(values).all()) or (values.numel() and (values.min() < 0 or values.max() > 1)):
             raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has attention values that are not "
                                   f"finite probabilities in 0..1. {FIX}")

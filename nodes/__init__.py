@@ -8,9 +8,9 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import animatediff, fidelity, frames, inversion, motion, sampler, subjects, toy_model
+from . import animatediff, context_windows, fidelity, frames, inversion, motion, sampler, subjects, toy_model
 
-NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *frames.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES,
+NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *context_windows.NODES, *frames.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES,
                                    *sampler.NODES, *fidelity.NODES, *toy_model.NODES]
 
 

@@ -29,6 +29,14 @@ from ..motionclone.errors import MotionCloneError
 from ..motionclone.subject import SemanticSettings
 from ..motionclone.validation import excerpt, require_finite
 from .autograd import attention_loss_gradient, capture_forward, new_capture, prediction_with_attention_gradient
+from .context_windows import (
+    active_windows,
+    check_window_layout,
+    mean_losses,
+    refuse_semantic_with_windows,
+    windowed_gradient,
+    windowed_measure,
+)
 from .patching import SamplingRun
 from .semantic import AppearanceBranch, appearance_targets, semantic_losses
 
@@ -75,14 +83,17 @@ class GuidanceRun:
     targets: MotionTargets | None = None
     appearance: AppearanceBranch | None = None
 
-    def motion_targets(self, timestep: int, device: torch.device) -> tuple[dict, dict]:
+    def motion_targets(self, timestep: int, device: torch.device, window: int | None = None) -> tuple[dict, dict]:
         """`representation.to_device(device, timestep)`, remade only when the entry changes (one kept).
 
-        Made with inference mode off: the loss's backward saves the indices, and inference tensors cannot be
-        saved for backward; the dtype conversions (fp16 -> fp32, integer -> int64) always copy.
+        `window`: the entry of that context window of a windowed representation. Made with inference mode off:
+        the loss's backward saves the indices, and inference tensors cannot be saved for backward; the dtype
+        conversions (fp16 -> fp32, integer -> int64) always copy.
         """
         representation = self.guidance.representation
-        entry = representation.entry_for(timestep)
+        if window is not None:
+            representation = representation.window(window)
+        entry = (representation.entry_for(timestep), window)
         if self.targets is None or self.targets.entry != entry:
             self.targets = None  # release the previous entry before making the next
             with torch.inference_mode(False):
@@ -111,6 +122,9 @@ def _validate(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor) -> 
     are finite, and a subject mask belongs to the positive prompt."""
     representation = guidance.representation
     check_fits(representation, x.shape[0], x.shape[-2], x.shape[-1])
+    check_window_layout(representation, guider.model_options, x.shape[0])
+    if guidance.semantic is not None:
+        refuse_semantic_with_windows(guider.model_options, x.shape[0])
     available = set(run.motion_model.attention_layer_names(representation.metadata.blocks))
     missing = [layer for layer in representation.metadata.layers if layer not in available]
     if missing:
@@ -230,6 +244,10 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
     if not plan.guided and not measure_unguided:
         return GuidedStep(plan, {})
     state = guidance_run(run, guidance, guider, x)
+    windows = active_windows(options, x.shape[0])
+    if windows is not None:
+        return _windowed_guided_step(state, run, guider, x, sigma_in, timesteps[position], plan, options, windows,
+                                     with_prediction)
     sigma, sigma_next = schedule[position], schedule[position + 1]
     targets = state.motion_targets(timesteps[position], x.device)
     appearance = None
@@ -256,6 +274,46 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
             "Lower motion_weight, or run the model in fp32 (ComfyUI's --force-fp32)."
         )
     return GuidedStep(plan, loss.losses, grad, prediction)
+
+
+def _windowed_guided_step(state: GuidanceRun, run: SamplingRun, guider, x: torch.Tensor, sigma_in: torch.Tensor,
+                          timestep: int, plan: GuidedStepPlan, options: dict, windows, with_prediction: bool) -> GuidedStep:
+    """`guided_step` over context windows: each window's gradient pass on its frames, conditioning and motion
+    entry, one window at a time; gradients and predictions fused with the layout's weights."""
+    settings, frame_windows = windows
+    guidance = state.guidance
+    length = len(frame_windows[0])
+
+    def loss_for(k: int) -> _StepLoss:
+        return _StepLoss(state, state.motion_targets(timestep, x.device, window=k), None, plan, length)
+
+    if not plan.guided:
+        losses = windowed_measure(run, guider, x, sigma_in, options, frame_windows, guidance.blocks, guidance.key_blocks,
+                                  loss_for)
+        return GuidedStep(plan, mean_losses(losses))
+
+    def gradient(conds, x_window, sigma_window, loss):
+        if with_prediction:
+            prediction, _, grad = prediction_with_attention_gradient(
+                run, guider.inner_model, conds, x_window, sigma_window, options, guidance.blocks, loss, guidance.key_blocks)
+            return prediction, grad
+        _, grad = attention_loss_gradient(run, guider.inner_model, conds, x_window, sigma_window, options,
+                                          guidance.blocks, loss, guidance.key_blocks)
+        return None, grad
+
+    prediction, grad, losses = windowed_gradient(run, guider, x, sigma_in, options, settings, frame_windows, gradient,
+                                                 loss_for, with_prediction)
+    _require_finite_gradient(grad, x, plan)
+    return GuidedStep(plan, mean_losses(losses), grad, prediction)
+
+
+def _require_finite_gradient(grad: torch.Tensor, x: torch.Tensor, plan: GuidedStepPlan) -> None:
+    if not torch.isfinite(grad).all():
+        require_finite(x, f"The latent at guided step {plan.index + 1}", "The sampling diverged: lower motion_weight.")
+        raise MotionCloneError(
+            "The motion-guidance gradient is not finite although its inputs are (a numeric overflow, usually fp16). "
+            "Lower motion_weight, or run the model in fp32 (ComfyUI's --force-fp32)."
+        )
 
 
 def schedule_position(schedule: torch.Tensor | None, sigma: torch.Tensor) -> int | None:

@@ -15,6 +15,7 @@ from ..motionclone import MotionCloneError
 from ..motionclone.inversion import ddim_inversion, inversion_timesteps
 from ..motionclone.validation import require_finite
 from .checks import check_conditioning, check_frame_limit
+from .context_windows import frames_per_forward
 from .patching import require_motion_model
 from .types import InversionSocket
 
@@ -108,8 +109,9 @@ class DDIMInversion(io.ComfyNode):
         samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
         require_finite(samples, "'latent'", "Encode the reference clip again with VAE Encode.")
         check_conditioning(conditioning, "conditioning")
-        check_frame_limit(motion_model, samples.shape[0], "latent", "Encode at most that many frames, e.g. with "
-                          "'MotionClone: Select Frames' (its 'frames' input) before VAE Encode.")
+        check_frame_limit(motion_model, frames_per_forward(model.model_options, samples.shape[0]), "latent",
+                          "Encode at most that many frames, e.g. with 'MotionClone: Select Frames' (its 'frames' input) "
+                          "before VAE Encode, or wire 'MotionClone: Context Windows' before this node.")
         timesteps = inversion_timesteps(steps)
         table = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
         sigmas = table[list(timesteps)]

@@ -21,11 +21,13 @@ from ..motionclone import (
     resolve_guided_steps,
     save_motion,
     stack_timesteps,
+    stack_windows,
     top_k_representation,
 )
 from ..motionclone.validation import require_finite
 from .autograd import capture_attention
 from .checks import check_conditioning, check_frame_limit, checked_motion
+from .context_windows import active_windows, frames_per_forward, read_windows
 from .guided_sampling import read_model, reference_attention
 from .patching import require_motion_model
 from .types import InversionSocket, MotionSocket
@@ -113,10 +115,12 @@ class ExtractMotion(io.ComfyNode):
         check_conditioning(conditioning, "conditioning")
         frames = samples.shape[0]
         source = "inversion" if inversion is not None else ("latent" if latent is not None else "images")
-        check_frame_limit(motion_model, frames, source, "Pick at most that many frames of the clip, e.g. with "
-                          "'MotionClone: Select Frames' (its 'frames' input) in front of this node.")
-        if top_k > frames:
-            raise MotionCloneError(f"top_k ({top_k}) exceeds the clip's frame count ({frames}); use at most {frames}.")
+        check_frame_limit(motion_model, frames_per_forward(model.model_options, frames), source, "Pick at most that "
+                          "many frames of the clip, e.g. with 'MotionClone: Select Frames' (its 'frames' input) in front "
+                          "of this node, or wire 'MotionClone: Context Windows' before this node and the sampler.")
+        per_window = frames_per_forward(model.model_options, frames)
+        if top_k > per_window:
+            raise MotionCloneError(f"top_k ({top_k}) exceeds the frames of one forward ({per_window}); use at most {per_window}.")
         block_names = BLOCK_CHOICES[blocks]
         samples = comfy.sample.fix_empty_latent_channels(model, samples)
         metadata = MotionMetadata(
@@ -124,9 +128,17 @@ class ExtractMotion(io.ComfyNode):
             layers=tuple(motion_model.attention_layer_names(block_names)), blocks=block_names, top_k=top_k,
             timestep=timestep, model_family=motion_model.family,
         )
+        windows = active_windows(model.model_options, frames)
+        if windows is not None:
+            metadata = dataclasses.replace(metadata, window_length=windows[0].length, window_overlap=windows[0].overlap,
+                                           window_schedule=windows[0].schedule)
         if inversion is not None:
             representation, note = _motion_from_inversion(model, inversion, conditioning, metadata, steps, guided_steps,
                                                           guided_fraction)
+        elif windows is not None:
+            sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
+            noise = comfy.sample.prepare_noise(samples, seed)
+            representation, note = _windowed_motion(model, samples, conditioning, noise, [(None, sigma)], metadata)[0], ""
         else:
             sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
             noise = comfy.sample.prepare_noise(samples, seed)
@@ -151,11 +163,31 @@ def _motion_from_inversion(model, inversion, conditioning, metadata: MotionMetad
         return top_k_representation(probs, metadata.top_k, metadata)
 
     latent = inversion.latents[-1]
-    entries = read_model(model, latent, conditioning, torch.zeros_like(latent), states, read)
+    if metadata.windowed:
+        entries = _windowed_motion(model, latent, conditioning, torch.zeros_like(latent), states, metadata)
+    else:
+        entries = read_model(model, latent, conditioning, torch.zeros_like(latent), states, read)
     per_step = dataclasses.replace(metadata, timestep=guided[0], timesteps=tuple(guided))
     gap = max(abs(inversion.timesteps[s] - t) for s, t in zip(nearest, guided))
     note = f"; read from inverted latents at most {gap} timesteps away" if gap else ""
     return stack_timesteps(entries, per_step), note
+
+
+def _windowed_motion(model, latent: torch.Tensor, conditioning, noise: torch.Tensor, states: list,
+                     metadata: MotionMetadata) -> list:
+    """One windowed representation per entry of `states` (as `read_model` takes them): the top-k motion of
+    each context window of `metadata.windows`, read window by window (one window's attention at a time)."""
+    windows = [torch.tensor(w) for w in metadata.windows]
+    single = dataclasses.replace(metadata, frames=metadata.window_length, window_length=0, window_overlap=0,
+                                 window_schedule="", timesteps=())
+    layout = dataclasses.replace(metadata, timesteps=())
+
+    def read(run, guider, x, sigma, options):
+        entries = read_windows(run, guider, x, sigma, options, metadata.blocks, windows,
+                               lambda probs: top_k_representation(probs, metadata.top_k, single))
+        return stack_windows(entries, layout)
+
+    return read_model(model, latent, conditioning, noise, states, read)
 
 
 def _reference_latent(images, vae, latent, width: int, height: int, resize: str) -> torch.Tensor:

@@ -10,6 +10,8 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
 - a `model_sampling` object patch switches to the beta schedule AnimateDiff was trained with;
 - an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`;
 - 'MotionClone: Guidance' adds a PREDICT_NOISE wrapper that applies motion guidance in any sampler;
+- 'MotionClone: Context Windows' puts its `ContextWindows` into `transformer_options[WINDOWS_KEY]` and adds
+  a CALC_COND_BATCH wrapper that runs every forward over more frames than a window window by window;
 - forwards that record attention get a copy of the model options with the run's `AttentionCapture`
   (`with_capture`), `attn2` replace patches for cross-attention, and, in the gradient pass, an attention
   override to PyTorch's SDPA (some kernels ComfyUI can be started with have no backward);
@@ -37,6 +39,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, attend, attention_probs
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
+from ..motionclone.windows import ContextWindows
 
 if TYPE_CHECKING:
     from .guided_step import GuidanceRun
@@ -47,6 +50,8 @@ CAPTURE_KEY = "motionclone_capture"  # transformer_options entry holding the Att
 GUIDANCE_KEY = "motionclone_guidance"  # PREDICT_NOISE wrapper of 'MotionClone: Guidance'
 ADE_KEY = "ADE"  # AnimateDiff-Evolved's key for its injections, wrappers and additional models
 ATTENTION_OVERRIDE_KEY = "optimized_attention_override"  # transformer_options entry ComfyUI's attention obeys
+WINDOWS_KEY = "motionclone_windows"  # transformer_options entry and CALC_COND_BATCH wrapper of 'Context Windows'
+CORE_CONTEXT_KEY = "context_handler"  # model_options entry of ComfyUI's own context-window nodes
 
 BETA_SCHEDULES = {
     # AnimateDiff's training schedule: diffusers "linear" is ComfyUI "sqrt_linear".
@@ -201,12 +206,16 @@ def _outer_sample(executor, *args, **kwargs):
     latent = args[1] if len(args) > 1 else kwargs["latent_image"]
     motion_model = motion_model_of(guider.model_patcher)
     frames = int(latent.shape[0])
+    windows = context_windows_of(guider.model_options)
+    if windows is not None:
+        refuse_core_context_windows(guider.model_options)
+    per_forward = min(frames, windows.length) if windows is not None else frames
     # With ComfyUI's context windows each window is checked by the motion modules themselves.
-    if frames > motion_model.max_frames and "context_handler" not in guider.model_options:
+    if per_forward > motion_model.max_frames and CORE_CONTEXT_KEY not in guider.model_options:
         raise FrameCountError(
             f"The latent batch has {frames} frames but the motion module supports at most "
             f"{motion_model.max_frames}. Set the latent batch size (frame count) to {motion_model.max_frames} or fewer, "
-            "or sample through context windows (ComfyUI's Context Windows node) no longer than that."
+            "or sample through 'MotionClone: Context Windows' (windows of at most that many frames)."
         )
     transformer_options = guider.model_options.setdefault("transformer_options", {})
     transformer_options[RUN_STATE_KEY] = SamplingRun(motion_model, frames)
@@ -227,6 +236,34 @@ def apply_motion_guidance(model: comfy.model_patcher.ModelPatcher, wrapper) -> c
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY, wrapper)
     return patched
+
+
+def apply_context_windows(model: comfy.model_patcher.ModelPatcher, windows: ContextWindows,
+                          wrapper) -> comfy.model_patcher.ModelPatcher:
+    """Clone `model` with `windows` in its transformer options and `wrapper` around every `calc_cond_batch`.
+
+    Every node downstream (extraction, inversion, the samplers) reads the same layout from the MODEL.
+    """
+    patched = model.clone()
+    patched.model_options["transformer_options"] = {**patched.model_options.get("transformer_options", {}), WINDOWS_KEY: windows}
+    patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WINDOWS_KEY)
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WINDOWS_KEY, wrapper)
+    return patched
+
+
+def context_windows_of(model_options: dict) -> ContextWindows | None:
+    """The `ContextWindows` of 'MotionClone: Context Windows' on a MODEL's (or a run's) model options."""
+    return model_options.get("transformer_options", {}).get(WINDOWS_KEY)
+
+
+def refuse_core_context_windows(model_options: dict) -> None:
+    """Our windows and ComfyUI's would split the same forward twice (and 0.3.x's fail on per-frame timesteps)."""
+    if model_options.get(CORE_CONTEXT_KEY) is not None:
+        raise IncompatibleModelError(
+            "This MODEL has both 'MotionClone: Context Windows' and ComfyUI's own context windows (a 'Context "
+            "Windows' node), which would split every forward twice. Remove ComfyUI's context-windows node: "
+            "'MotionClone: Context Windows' does the same for sampling and also windows motion extraction and guidance."
+        )
 
 
 def current_run(model_options: dict) -> SamplingRun:

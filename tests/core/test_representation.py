@@ -133,8 +133,8 @@ def _rewrite(path: str, tensors=None, **header_changes) -> str:
 
 
 def test_newer_format_asks_for_an_update(tmp_path):
-    path = _rewrite(_saved(tmp_path), **{"motionclone.format": "3"})
-    with pytest.raises(MotionFileError, match="format 3.*Update the ComfyUI-MotionClone node pack"):
+    path = _rewrite(_saved(tmp_path), **{"motionclone.format": "4"})
+    with pytest.raises(MotionFileError, match="format 4.*Update the ComfyUI-MotionClone node pack"):
         load_motion(path)
 
 

@@ -215,6 +215,25 @@ class MovingSquare:
         return (clip,)
 
 
+class ToyPingPong:
+    """A toy-world clip of any length: a red circle going right for half the clip, then back
+    (`bench.long_video.ping_pong_frames`)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"frames": ("INT", {"default": 40, "min": 2}), "speed": ("FLOAT", {"default": 4.5}),
+                             "size": ("INT", {"default": 128})}}
+
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "build"
+    CATEGORY = "testing"
+
+    def build(self, frames, speed, size):
+        from bench.long_video import ping_pong_frames
+
+        return (ping_pong_frames(frames, speed, size),)
+
+
 class TinyVAE:
     """ComfyUI's VAE class around a randomly initialised TAESD (the real tiny SD1.5 autoencoder architecture)."""
 
@@ -394,6 +413,7 @@ NODE_CLASS_MAPPINGS = {
     "MotionCloneTestSaveMask": SaveMaskTo,
     "MotionCloneTestGradientProbe": GradientProbe,
     "MotionCloneTestMovingSquare": MovingSquare,
+    "MotionCloneTestToyPingPong": ToyPingPong,
     "MotionCloneTestTinyVAE": TinyVAE,
     "MotionCloneTestTinyCLIP": TinyCLIP,
     "MotionCloneTestMotionLossProbe": MotionLossProbe,
