@@ -17,7 +17,8 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
   (`with_capture`), `attn2` replace patches for cross-attention, and, in the gradient pass, an attention
   override to PyTorch's SDPA (some kernels ComfyUI can be started with have no backward);
 - the gradient pass of a guided step runs in `gradient_recording()`, on weights made autograd-ready by
-  `prepare_gradient_path`, and autograd is switched off after the last guided motion module.
+  `prepare_gradient_path` (ordinary aliases of the same memory, no copies), and autograd is switched off
+  after the last guided motion module.
 """
 
 from __future__ import annotations
@@ -347,18 +348,33 @@ def prepare_gradient_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]
 
     Weights loaded by the checkpoint loader, and those ComfyUI re-creates when it merges LoRA patches while
     loading the model for sampling, are inference tensors; the backward of every matmul on the path needs
-    them. Each is replaced by an ordinary tensor with the same values, so outputs stay bit-identical. It runs
-    at every gradient pass because a run may have reloaded (and re-patched) the weights; once the copies
-    exist it costs one `is_inference()` check per tensor.
+    them. Each is replaced by an ordinary tensor over the same memory (`ordinary_alias`): no weight is
+    copied, and outputs and gradients stay bit-identical. It runs at every gradient pass because a run may
+    have reloaded (and re-patched) the weights; once the aliases exist it costs one `is_inference()` check
+    per tensor.
     """
     for root in _modules_on_path(run, inner_model, blocks):
         for module in root.modules():
             for name, param in module._parameters.items():
                 if param is not None and param.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                    module._parameters[name] = torch.nn.Parameter(ordinary_alias(param), requires_grad=False)
             for name, buffer in module._buffers.items():
                 if buffer is not None and buffer.is_inference():
-                    module._buffers[name] = buffer.clone()
+                    module._buffers[name] = ordinary_alias(buffer)
+
+
+def ordinary_alias(tensor: torch.Tensor) -> torch.Tensor:
+    """An ordinary (non-inference) tensor viewing `tensor`'s memory; call outside inference mode.
+
+    Autograd refuses to save inference tensors because they carry no version counter to detect in-place
+    writes; the weights are not written during a gradient pass, whose graph is freed before the step ends.
+    Tensor subclasses (e.g. quantized weights) get a copy instead: they have no plain storage to share.
+    """
+    plain = tensor.data
+    if type(plain) is not torch.Tensor:
+        return plain.clone()
+    alias = torch.empty(0, dtype=plain.dtype, device=plain.device)
+    return alias.set_(plain.untyped_storage(), plain.storage_offset(), plain.size(), plain.stride())
 
 
 def _modules_on_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> list[torch.nn.Module]:
