@@ -155,3 +155,20 @@ def test_fp8_model_with_an_fp32_loaded_motion_module_animates(comfyui, tmp_path)
     animated, unanimated = _latent(path), _latent(plain_path)
     assert torch.isfinite(animated).all() and (animated - unanimated).abs().mean() > 1e-3
     assert os.path.getsize(path) > 0
+
+
+def test_low_vram_partial_loading_casts_the_motion_layers_per_call(comfyui):
+    """ComfyUI's partial load leaves layers over the budget offloaded and switches their per-call casting on."""
+    motion = _load(comfyui)
+    module = motion.model.up_blocks[1].motion_modules[0]
+    x = _module_input()
+    expected = module(x, FRAMES)
+    motion.load(motion.load_device, lowvram_model_memory=1, full_load=False)
+    try:
+        layers = [m for m in motion.model.modules() if hasattr(m, "comfy_cast_weights")]
+        cast = [m for m in layers if m.comfy_cast_weights]
+        assert cast and len(cast) >= len(layers) // 2
+        assert torch.equal(module(x, FRAMES), expected)
+    finally:
+        motion.unpatch_model(motion.offload_device)
+    assert not any(m.comfy_cast_weights for m in layers)
