@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import safetensors.torch
 import torch
@@ -154,7 +152,6 @@ def test_fp8_model_with_an_fp32_loaded_motion_module_animates(comfyui, tmp_path)
     comfyui.run_prompt(plain)
     animated, unanimated = _latent(path), _latent(plain_path)
     assert torch.isfinite(animated).all() and (animated - unanimated).abs().mean() > 1e-3
-    assert os.path.getsize(path) > 0
 
 
 def test_low_vram_partial_loading_casts_the_motion_layers_per_call(comfyui):
