@@ -6,7 +6,14 @@ the `nodes` package adapts it to ComfyUI's containers and model-patching API.
 """
 
 from .capture import AttentionCapture, ForwardStopped
-from .checkpoint import MotionModuleSpec, build_motion_model, detect_motion_module, load_motion_module, read_state_dict
+from .checkpoint import (
+    MotionModuleSpec,
+    build_motion_model,
+    convert_motion_model,
+    detect_motion_module,
+    load_motion_module,
+    read_state_dict,
+)
 from .ddim import GuidanceLog, euler_step, guided_ddim_step, sample_motionclone
 from .errors import (
     FrameCountError,
@@ -22,6 +29,7 @@ from .motion_module import (
     AnimateDiffMotionModel,
     MotionModule,
     TemporalAttention,
+    TorchOperations,
     attend,
     attention_probs,
     temporal_attention_probs,
@@ -68,10 +76,12 @@ __all__ = [
     "MotionRepresentation",
     "RESIZE_MODES",
     "TemporalAttention",
+    "TorchOperations",
     "attend",
     "attention_probs",
     "build_motion_model",
     "comfy_block_of",
+    "convert_motion_model",
     "detect_motion_module",
     "euler_step",
     "guided_ddim_step",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import MotionModuleFormatError
-from .motion_module import AnimateDiffMotionModel
+from .motion_module import AnimateDiffMotionModel, TorchOperations
 
 ANIMATELCM_MAX_FRAMES = 64
 _KEY = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\.motion_modules\.(\d+)\.temporal_transformer\.(.+)$")
@@ -139,11 +139,19 @@ def _level_channels(state: dict[str, torch.Tensor], prefix: str, name: str) -> i
     return int(state[key].shape[0])
 
 
-def build_motion_model(state: dict[str, torch.Tensor], name: str = "the file") -> tuple[AnimateDiffMotionModel, MotionModuleSpec]:
-    """Detect the version, build the matching `AnimateDiffMotionModel` and load the weights strictly."""
+def build_motion_model(
+    state: dict[str, torch.Tensor], name: str = "the file", operations=TorchOperations,
+    dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None,
+) -> tuple[AnimateDiffMotionModel, MotionModuleSpec]:
+    """Detect the version, build the matching `AnimateDiffMotionModel` and load the weights strictly.
+
+    `operations`, `dtype` (storage) and `compute_dtype` as in `AnimateDiffMotionModel`; the file's values
+    are converted to `dtype` on loading (float32 when None).
+    """
     spec = detect_motion_module(state, name)
     model = AnimateDiffMotionModel(
-        spec.channels, spec.has_mid_block, spec.max_frames, spec.transformer_blocks, spec.attention_layers
+        spec.channels, spec.has_mid_block, spec.max_frames, spec.transformer_blocks, spec.attention_layers,
+        operations, dtype, compute_dtype=compute_dtype,
     )
     wanted = {k: v for k, v in state.items() if ".motion_modules." in k or k.startswith("mid_block.")}
     try:
@@ -161,8 +169,31 @@ def build_motion_model(state: dict[str, torch.Tensor], name: str = "the file") -
     return model, spec
 
 
-def load_motion_module(path: str) -> tuple[AnimateDiffMotionModel, MotionModuleSpec]:
-    """Read `path` and return the loaded float32 motion model (eval mode, no grad) and its spec."""
+def load_motion_module(
+    path: str, operations=TorchOperations, dtype: torch.dtype | None = None, compute_dtype: torch.dtype | None = None
+) -> tuple[AnimateDiffMotionModel, MotionModuleSpec]:
+    """Read `path` and return the loaded motion model (eval mode, no grad) and its spec.
+
+    Weights are float32 plain-torch layers by default; `operations`, `dtype` and `compute_dtype` as in
+    `build_motion_model`.
+    """
     name = f"Motion module '{os.path.basename(path)}'"
-    model, spec = build_motion_model(read_state_dict(path), name)
+    model, spec = build_motion_model(read_state_dict(path), name, operations, dtype, compute_dtype)
     return model.eval().requires_grad_(False), spec
+
+
+def convert_motion_model(
+    model: AnimateDiffMotionModel, operations=TorchOperations, dtype: torch.dtype | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> AnimateDiffMotionModel:
+    """A new motion model of the same layout, built from `operations`, with `model`'s weights stored in `dtype`.
+
+    `model` is left as it is (a host may still use it elsewhere); the copy is in eval mode, without grad.
+    """
+    converted = AnimateDiffMotionModel(
+        model.channels, model.has_mid_block, model.max_frames, model.transformer_blocks, model.attention_layers,
+        operations, dtype, compute_dtype=compute_dtype,
+    )
+    converted.load_state_dict(model.state_dict())
+    converted.family = model.family
+    return converted.eval().requires_grad_(False)

@@ -11,6 +11,12 @@ F frames independently at every spatial position. MotionClone (arXiv 2406.05338,
 per-head temporal-attention probabilities of these layers; `TemporalAttention` computes them
 explicitly (fp32 softmax, positional encoding included) when an `AttentionCapture` asks for its layer,
 and otherwise uses the fused scaled-dot-product kernel.
+
+The layers with weights are built from an `operations` namespace (`Linear`, `LayerNorm`, `GroupNorm`
+classes taking torch's constructor arguments plus `dtype` and `device`), as ComfyUI's UNet takes its
+`operations`: plain torch by default (`TorchOperations`); a host can pass layer classes that store the
+weights in one dtype and cast them per call to the input's dtype. The positional encoding stays float32
+and is cast to the input's dtype and device at use.
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from .capture import AttentionCapture
 from .errors import FrameCountError
 
 MOTION_MODULE_HEADS = 8
+
+
+class TorchOperations:
+    """The default layer classes: plain torch, weights computed in their own dtype."""
+
+    Linear = nn.Linear
+    LayerNorm = nn.LayerNorm
+    GroupNorm = nn.GroupNorm
 
 
 def sinusoidal_positional_encoding(max_frames: int, channels: int) -> torch.Tensor:
@@ -86,20 +100,21 @@ class PositionalEncoding(nn.Module):
         self.register_buffer("pe", sinusoidal_positional_encoding(max_frames, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.pe[:, : x.shape[1]].to(x.dtype)
+        # The device too: a host that loads weights partially (low VRAM) may leave this buffer on the CPU.
+        return x + self.pe[:, : x.shape[1]].to(device=x.device, dtype=x.dtype)
 
 
 class TemporalAttention(nn.Module):
     """AnimateDiff's `VersatileAttention`: self-attention across the frames at each position."""
 
-    def __init__(self, channels: int, max_frames: int, heads: int = MOTION_MODULE_HEADS):
+    def __init__(self, channels: int, max_frames: int, heads: int = MOTION_MODULE_HEADS, operations=TorchOperations, **factory):
         super().__init__()
         self.heads = heads
         self.name = ""  # diffusers-style layer name, set by AnimateDiffMotionModel
-        self.to_q = nn.Linear(channels, channels, bias=False)
-        self.to_k = nn.Linear(channels, channels, bias=False)
-        self.to_v = nn.Linear(channels, channels, bias=False)
-        self.to_out = nn.ModuleList([nn.Linear(channels, channels), nn.Dropout(0.0)])
+        self.to_q = operations.Linear(channels, channels, bias=False, **factory)
+        self.to_k = operations.Linear(channels, channels, bias=False, **factory)
+        self.to_v = operations.Linear(channels, channels, bias=False, **factory)
+        self.to_out = nn.ModuleList([operations.Linear(channels, channels, **factory), nn.Dropout(0.0)])
         self.pos_encoder = PositionalEncoding(channels, max_frames)
 
     def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None = None) -> torch.Tensor:
@@ -127,9 +142,9 @@ class TemporalAttention(nn.Module):
 
 
 class GEGLU(nn.Module):
-    def __init__(self, channels: int, inner: int):
+    def __init__(self, channels: int, inner: int, operations=TorchOperations, **factory):
         super().__init__()
-        self.proj = nn.Linear(channels, inner * 2)
+        self.proj = operations.Linear(channels, inner * 2, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, gate = self.proj(x).chunk(2, dim=-1)
@@ -137,9 +152,12 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, channels: int, multiplier: int = 4):
+    def __init__(self, channels: int, multiplier: int = 4, operations=TorchOperations, **factory):
         super().__init__()
-        self.net = nn.ModuleList([GEGLU(channels, channels * multiplier), nn.Dropout(0.0), nn.Linear(channels * multiplier, channels)])
+        inner = channels * multiplier
+        self.net = nn.ModuleList([
+            GEGLU(channels, inner, operations, **factory), nn.Dropout(0.0), operations.Linear(inner, channels, **factory),
+        ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
@@ -150,12 +168,14 @@ class FeedForward(nn.Module):
 class TemporalTransformerBlock(nn.Module):
     """Pre-norm block: each temporal attention then the GEGLU feed-forward, all residual."""
 
-    def __init__(self, channels: int, max_frames: int, attention_layers: int = 2):
+    def __init__(self, channels: int, max_frames: int, attention_layers: int = 2, operations=TorchOperations, **factory):
         super().__init__()
-        self.attention_blocks = nn.ModuleList(TemporalAttention(channels, max_frames) for _ in range(attention_layers))
-        self.norms = nn.ModuleList(nn.LayerNorm(channels) for _ in range(attention_layers))
-        self.ff = FeedForward(channels)
-        self.ff_norm = nn.LayerNorm(channels)
+        self.attention_blocks = nn.ModuleList(
+            TemporalAttention(channels, max_frames, operations=operations, **factory) for _ in range(attention_layers)
+        )
+        self.norms = nn.ModuleList(operations.LayerNorm(channels, **factory) for _ in range(attention_layers))
+        self.ff = FeedForward(channels, operations=operations, **factory)
+        self.ff_norm = operations.LayerNorm(channels, **factory)
 
     def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None) -> torch.Tensor:
         for attention, norm in zip(self.attention_blocks, self.norms):
@@ -164,14 +184,18 @@ class TemporalTransformerBlock(nn.Module):
 
 
 class TemporalTransformer3D(nn.Module):
-    def __init__(self, channels: int, max_frames: int, transformer_blocks: int = 1, attention_layers: int = 2):
+    def __init__(
+        self, channels: int, max_frames: int, transformer_blocks: int = 1, attention_layers: int = 2,
+        operations=TorchOperations, **factory,
+    ):
         super().__init__()
-        self.norm = nn.GroupNorm(32, channels, eps=1e-6)
-        self.proj_in = nn.Linear(channels, channels)
+        self.norm = operations.GroupNorm(32, channels, eps=1e-6, **factory)
+        self.proj_in = operations.Linear(channels, channels, **factory)
         self.transformer_blocks = nn.ModuleList(
-            TemporalTransformerBlock(channels, max_frames, attention_layers) for _ in range(transformer_blocks)
+            TemporalTransformerBlock(channels, max_frames, attention_layers, operations, **factory)
+            for _ in range(transformer_blocks)
         )
-        self.proj_out = nn.Linear(channels, channels)
+        self.proj_out = operations.Linear(channels, channels, **factory)
 
     def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None) -> torch.Tensor:
         batch_frames, channels, height, width = x.shape
@@ -188,12 +212,18 @@ class TemporalTransformer3D(nn.Module):
 class MotionModule(nn.Module):
     """AnimateDiff's `VanillaTemporalModule`; inserted after each UNet block's attention."""
 
-    def __init__(self, channels: int, max_frames: int, transformer_blocks: int = 1, attention_layers: int = 2):
+    def __init__(
+        self, channels: int, max_frames: int, transformer_blocks: int = 1, attention_layers: int = 2,
+        operations=TorchOperations, **factory,
+    ):
         super().__init__()
         self.name = ""  # e.g. "up_blocks.1.motion_modules.0", set by AnimateDiffMotionModel
         self.channels = channels
         self.max_frames = max_frames
-        self.temporal_transformer = TemporalTransformer3D(channels, max_frames, transformer_blocks, attention_layers)
+        self.compute_dtype: torch.dtype | None = None  # set by AnimateDiffMotionModel
+        self.temporal_transformer = TemporalTransformer3D(
+            channels, max_frames, transformer_blocks, attention_layers, operations, **factory
+        )
 
     def forward(self, x: torch.Tensor, frames: int, capture: AttentionCapture | None = None) -> torch.Tensor:
         """`(B*F, C, H, W)` -> `(B*F, C, H, W)`; raises `ForwardStopped` after the capture's last layer."""
@@ -211,10 +241,13 @@ class MotionModule(nn.Module):
 
 
 class _MotionBlock(nn.Module):
-    def __init__(self, channels: int, count: int, max_frames: int, transformer_blocks: int, attention_layers: int):
+    def __init__(
+        self, channels: int, count: int, max_frames: int, transformer_blocks: int, attention_layers: int, operations, **factory
+    ):
         super().__init__()
         self.motion_modules = nn.ModuleList(
-            MotionModule(channels, max_frames, transformer_blocks, attention_layers) for _ in range(count)
+            MotionModule(channels, max_frames, transformer_blocks, attention_layers, operations, **factory)
+            for _ in range(count)
         )
 
 
@@ -225,6 +258,10 @@ class AnimateDiffMotionModel(nn.Module):
         channels: UNet width per resolution level, `(320, 640, 1280, 1280)` for SD1.5.
         has_mid_block: v2 and AnimateLCM carry a module in the middle block.
         max_frames: length of the positional encoding, i.e. the frame limit.
+        operations: namespace of the `Linear`, `LayerNorm` and `GroupNorm` classes to build (see the module
+            docstring); `dtype` and `device` go to their constructors (the weights' storage dtype).
+        compute_dtype: the dtype a host feeds the modules in, when `operations` cast the stored weights per
+            call (e.g. fp8 storage, fp32 compute); None: the weights' own dtype.
     """
 
     def __init__(
@@ -234,22 +271,38 @@ class AnimateDiffMotionModel(nn.Module):
         max_frames: int = 32,
         transformer_blocks: int = 1,
         attention_layers: int = 2,
+        operations=TorchOperations,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        compute_dtype: torch.dtype | None = None,
     ):
         super().__init__()
         self.channels = tuple(channels)
         self.max_frames = max_frames
+        self.transformer_blocks = transformer_blocks
+        self.attention_layers = attention_layers
+        self.operations = operations
         self.family = "AnimateDiff SD1.5"  # refined with the version by `checkpoint.build_motion_model`
-        args = (max_frames, transformer_blocks, attention_layers)
-        self.down_blocks = nn.ModuleList(_MotionBlock(c, 2, *args) for c in channels)
-        self.mid_block = _MotionBlock(channels[-1], 1, *args) if has_mid_block else None
-        self.up_blocks = nn.ModuleList(_MotionBlock(c, 3, *args) for c in reversed(channels))
+        args = (max_frames, transformer_blocks, attention_layers, operations)
+        factory = {"dtype": dtype, "device": device}
+        self.down_blocks = nn.ModuleList(_MotionBlock(c, 2, *args, **factory) for c in channels)
+        self.mid_block = _MotionBlock(channels[-1], 1, *args, **factory) if has_mid_block else None
+        self.up_blocks = nn.ModuleList(_MotionBlock(c, 3, *args, **factory) for c in reversed(channels))
         for name, module in self.named_modules():
             if isinstance(module, (MotionModule, TemporalAttention)):
                 module.name = name
+            if isinstance(module, MotionModule):
+                module.compute_dtype = compute_dtype
+        self.compute_dtype = compute_dtype
 
     @property
     def has_mid_block(self) -> bool:
         return self.mid_block is not None
+
+    @property
+    def weight_dtype(self) -> torch.dtype:
+        """The dtype the layers store their weights in."""
+        return self.down_blocks[0].motion_modules[0].temporal_transformer.proj_in.weight.dtype
 
     def modules_in_forward_order(self) -> Iterator[MotionModule]:
         """The motion modules in the order a UNet forward runs them."""

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import comfy.model_management
 import folder_paths
 from comfy_api.latest import io, ui
 
-from ..motionclone import load_motion_module
-from .patching import BETA_SCHEDULES, KEEP_MODEL_SCHEDULE, apply_motion_model, wrap_motion_model
+from .patching import BETA_SCHEDULES, KEEP_MODEL_SCHEDULE, apply_motion_model, load_motion_model
 from .types import MotionModelSocket
 
 MOTION_MODELS_FOLDER = "animatediff_models"  # shared with AnimateDiff-Evolved, so users' files show up
@@ -39,11 +37,10 @@ class LoadAnimateDiff(io.ComfyNode):
     @classmethod
     def execute(cls, motion_module: str) -> io.NodeOutput:
         path = folder_paths.get_full_path_or_raise(MOTION_MODELS_FOLDER, motion_module)
-        model, spec = load_motion_module(path)
-        model.to(comfy.model_management.unet_dtype())
+        motion_model, spec = load_motion_model(path)
         description = f"{motion_module}: {spec.describe()}"
-        logger.info("Loaded motion module %s", description)
-        return io.NodeOutput(wrap_motion_model(model), ui=ui.PreviewText(description))
+        logger.info("Loaded motion module %s (weights %s)", description, motion_model.model.weight_dtype)
+        return io.NodeOutput(motion_model, ui=ui.PreviewText(description))
 
 
 class ApplyAnimateDiff(io.ComfyNode):

@@ -3,8 +3,8 @@
 A gradient of a loss on temporal attention with respect to the latent is taken from inside a sampling
 run, although ComfyUI executes every node under `torch.inference_mode()`. The wiring that makes that
 possible lives in `nodes/patching.py` and is used here by name: `gradient_recording()` (autograd on, inference
-mode off), `prepare_gradient_path` (ordinary copies of the inference-mode weights on the path), and the
-capture's `no_grad_after`, on which the motion-module patch switches autograd off for the rest of the
+mode off), `prepare_gradient_path` (ordinary aliases, not copies, of the inference-mode weights on the path),
+and the capture's `no_grad_after`, on which the motion-module patch switches autograd off for the rest of the
 forward. Here, besides: the latent becomes a fresh leaf and the sigma a fresh copy inside the block;
 conditioning needs nothing (it only meets weights that do not require grad).
 

@@ -1,6 +1,9 @@
 """All ModelPatcher wiring of the pack, with its keys as constants.
 
 How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
+- the motion model is built from ComfyUI's layer classes (`comfy.ops`), in the weight and compute dtypes
+  ComfyUI gives an SD1.5 UNet, and follows the MODEL's own dtypes at 'Apply AnimateDiff' (a converted
+  copy when they differ), so fp16/fp8 storage, manual casting and low-VRAM loading work as for the UNet;
 - the motion model rides along as an *additional model* of the patched clone, so ComfyUI loads and
   offloads it together with the UNet;
 - a `PatcherInjection` inserts its motion modules into the UNet blocks when ComfyUI patches the model
@@ -16,7 +19,8 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
   (`with_capture`), `attn2` replace patches for cross-attention, and, in the gradient pass, an attention
   override to PyTorch's SDPA (some kernels ComfyUI can be started with have no backward);
 - the gradient pass of a guided step runs in `gradient_recording()`, on weights made autograd-ready by
-  `prepare_gradient_path`, and autograd is switched off after the last guided motion module.
+  `prepare_gradient_path` (ordinary aliases of the same memory, no copies), and autograd is switched off
+  after the last guided motion module.
 """
 
 from __future__ import annotations
@@ -30,13 +34,23 @@ import comfy.ldm.modules.attention
 import comfy.model_management
 import comfy.model_patcher
 import comfy.model_sampling
+import comfy.ops
 import comfy.patcher_extension
 import comfy.supported_models
 import torch
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
-from ..motionclone import AnimateDiffMotionModel, AttentionCapture, MotionModule, attend, attention_probs
+from ..motionclone import (
+    AnimateDiffMotionModel,
+    AttentionCapture,
+    MotionModule,
+    MotionModuleSpec,
+    attend,
+    attention_probs,
+    convert_motion_model,
+    load_motion_module,
+)
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
 from ..motionclone.windows import ContextWindows
@@ -84,6 +98,54 @@ def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patch
     )
 
 
+def load_motion_model(path: str) -> tuple[comfy.model_patcher.ModelPatcher, MotionModuleSpec]:
+    """Read a motion-module file into ComfyUI's layer classes, in the dtypes ComfyUI would give an SD1.5 UNet.
+
+    The weight dtype is `unet_dtype` (its flags first: --fp16-unet, --fp8_e4m3fn-unet, ...), the compute
+    dtype `unet_manual_cast` of it (None: the weights' own), both for the device the model will run on.
+    """
+    load_device = comfy.model_management.get_torch_device()
+    supported = comfy.supported_models.SD15.supported_inference_dtypes
+    weight_dtype = comfy.model_management.unet_dtype(device=load_device, supported_dtypes=supported)
+    compute_dtype = comfy.model_management.unet_manual_cast(weight_dtype, load_device, supported)
+    model, spec = load_motion_module(path, motion_operations(weight_dtype, compute_dtype), weight_dtype, compute_dtype)
+    return wrap_motion_model(model), spec
+
+
+def motion_operations(weight_dtype: torch.dtype, compute_dtype: torch.dtype | None):
+    """ComfyUI's layer classes for weights stored in `weight_dtype` and computed in `compute_dtype`.
+
+    `manual_cast` casts the weights per call; `disable_weight_init` computes in the weights' dtype unless
+    ComfyUI's low-VRAM loading switches casting on. Not `pick_operations`' fast fp8 or cuBLAS layers: the
+    gradient pass differentiates through the motion modules, and torch's scaled fp8 matmul has no backward.
+    """
+    if compute_dtype is None or compute_dtype == weight_dtype:
+        return comfy.ops.disable_weight_init
+    return comfy.ops.manual_cast
+
+
+def _dtypes_of_motion_model(motion_model: AnimateDiffMotionModel) -> tuple[torch.dtype, torch.dtype]:
+    return motion_model.weight_dtype, motion_model.compute_dtype or motion_model.weight_dtype
+
+
+def _dtypes_of_unet(model: comfy.model_patcher.ModelPatcher) -> tuple[torch.dtype, torch.dtype]:
+    weight_dtype = model.model.get_dtype()
+    return weight_dtype, model.model.manual_cast_dtype or weight_dtype
+
+
+def motion_model_for(
+    model: comfy.model_patcher.ModelPatcher, motion: comfy.model_patcher.ModelPatcher
+) -> comfy.model_patcher.ModelPatcher:
+    """The motion model in the MODEL's weight and compute dtypes: a clone of `motion` when they match, else
+    a converted copy (e.g. a UNet loaded with weight_dtype fp8_e4m3fn gets fp8 motion modules)."""
+    weight_dtype, compute_dtype = _dtypes_of_unet(model)
+    if _dtypes_of_motion_model(motion.model) == (weight_dtype, compute_dtype):
+        return motion.clone()
+    manual_cast = compute_dtype if compute_dtype != weight_dtype else None
+    converted = convert_motion_model(motion.model, motion_operations(weight_dtype, manual_cast), weight_dtype, manual_cast)
+    return wrap_motion_model(converted.to(comfy.model_management.unet_offload_device()))
+
+
 def require_motion_model(model: comfy.model_patcher.ModelPatcher) -> AnimateDiffMotionModel:
     """The motion model of a node's 'model' input; a clear error when it was not patched with AnimateDiff."""
     motion_model = motion_model_of(model)
@@ -106,7 +168,7 @@ def apply_motion_model(
     motion_model: AnimateDiffMotionModel = motion.model
     _check_can_animate(model, motion_model)
     patched = model.clone()
-    patched.set_additional_models(PATCH_KEY, [motion.clone()])
+    patched.set_additional_models(PATCH_KEY, [motion_model_for(model, motion)])
     patched.set_injections(PATCH_KEY, [comfy.patcher_extension.PatcherInjection(_inject, _eject)])
     patched.set_model_forward_timestep_embed_patch((MotionModule, _run_motion_module))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, PATCH_KEY, _outer_sample)
@@ -193,8 +255,9 @@ def _run_motion_module(layer: MotionModule, x, emb, context, transformer_options
     if capture is not None:
         comfy.model_management.throw_exception_if_processing_interrupted()
     chunks = len(transformer_options.get("cond_or_uncond") or [None])
-    weight_dtype = layer.temporal_transformer.proj_in.weight.dtype
-    out = layer(x.to(weight_dtype), x.shape[0] // chunks, capture)
+    # Layers that cast their weights per call compute in the input's dtype: never feed them fp8 storage's.
+    compute_dtype = layer.compute_dtype or layer.temporal_transformer.proj_in.weight.dtype
+    out = layer(x.to(compute_dtype), x.shape[0] // chunks, capture)
     if capture is not None and capture.gradient_recording_ends_after(layer.name):
         torch.set_grad_enabled(False)  # the rest of the UNet is not on the loss's path; `resume_gradient_recording`
     return out.to(x.dtype)
@@ -322,18 +385,33 @@ def prepare_gradient_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]
 
     Weights loaded by the checkpoint loader, and those ComfyUI re-creates when it merges LoRA patches while
     loading the model for sampling, are inference tensors; the backward of every matmul on the path needs
-    them. Each is replaced by an ordinary tensor with the same values, so outputs stay bit-identical. It runs
-    at every gradient pass because a run may have reloaded (and re-patched) the weights; once the copies
-    exist it costs one `is_inference()` check per tensor.
+    them. Each is replaced by an ordinary tensor over the same memory (`ordinary_alias`): no weight is
+    copied, and outputs and gradients stay bit-identical. It runs at every gradient pass because a run may
+    have reloaded (and re-patched) the weights; once the aliases exist it costs one `is_inference()` check
+    per tensor.
     """
     for root in _modules_on_path(run, inner_model, blocks):
         for module in root.modules():
             for name, param in module._parameters.items():
                 if param is not None and param.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(param.clone(), requires_grad=False)
+                    module._parameters[name] = torch.nn.Parameter(ordinary_alias(param), requires_grad=False)
             for name, buffer in module._buffers.items():
                 if buffer is not None and buffer.is_inference():
-                    module._buffers[name] = buffer.clone()
+                    module._buffers[name] = ordinary_alias(buffer)
+
+
+def ordinary_alias(tensor: torch.Tensor) -> torch.Tensor:
+    """An ordinary (non-inference) tensor viewing `tensor`'s memory; call outside inference mode.
+
+    Autograd refuses to save inference tensors because they carry no version counter to detect in-place
+    writes; the weights are not written during a gradient pass, whose graph is freed before the step ends.
+    Tensor subclasses (e.g. quantized weights) get a copy instead: they have no plain storage to share.
+    """
+    plain = tensor.data
+    if type(plain) is not torch.Tensor:
+        return plain.clone()
+    alias = torch.empty(0, dtype=plain.dtype, device=plain.device)
+    return alias.set_(plain.untyped_storage(), plain.storage_offset(), plain.size(), plain.stride())
 
 
 def _modules_on_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]) -> list[torch.nn.Module]:

@@ -20,9 +20,8 @@ from comfy_api.latest import io, ui
 
 from ..bench.toymodel import architecture
 from ..bench.toyworld import ClipSpec, ShapeSpec, render_clip
-from ..motionclone import load_motion_module
 from ..motionclone.errors import MotionCloneError
-from .patching import wrap_motion_model
+from .patching import load_motion_model
 from .types import MotionModelSocket
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "toymodel", "weights")
@@ -107,10 +106,9 @@ class LoadToyModel(io.ComfyNode):
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        motion_model, spec = load_motion_module(weight_path(MOTION_FILE))
-        motion_model.to(comfy.model_management.unet_dtype())
+        motion_model, spec = load_motion_model(weight_path(MOTION_FILE))
         text = f"toy model: SD1.5-architecture UNet {architecture.MOTION_CHANNELS}, {spec.describe()}"
-        return io.NodeOutput(load_toy_unet(), load_toy_clip(), load_toy_vae(), wrap_motion_model(motion_model),
+        return io.NodeOutput(load_toy_unet(), load_toy_clip(), load_toy_vae(), motion_model,
                              ui=ui.PreviewText(text))
 
 

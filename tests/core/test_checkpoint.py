@@ -105,3 +105,18 @@ def test_foreign_files_are_refused_with_what_they_are(tmp_path, keys, message):
 def test_missing_file_is_a_motionclone_error(tmp_path):
     with pytest.raises(MotionModuleFormatError, match="does not exist"):
         load_motion_module(str(tmp_path / "nope.ckpt"))
+
+
+def test_loader_builds_the_requested_storage_dtype_and_converts_copies(tmp_path):
+    from motionclone import convert_motion_model
+
+    state = tiny_motion_state_dict("v2", seed=3)
+    path = _save(state, tmp_path / "mm.safetensors")
+    model, _ = load_motion_module(path, dtype=torch.float16, compute_dtype=torch.float32)
+    assert model.weight_dtype == torch.float16 and model.compute_dtype == torch.float32
+    assert all(torch.equal(model.state_dict()[k], v.half()) for k, v in state.items() if not k.endswith(".pe"))
+    converted = convert_motion_model(model, dtype=torch.float32)
+    assert converted.weight_dtype == torch.float32 and converted.compute_dtype is None
+    assert converted.family == model.family == "AnimateDiff v2 SD1.5"
+    assert all(torch.equal(converted.state_dict()[k], v.float()) for k, v in model.state_dict().items())
+    assert model.weight_dtype == torch.float16 and not any(p.requires_grad for p in converted.parameters())

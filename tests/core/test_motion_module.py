@@ -158,3 +158,88 @@ def test_diffusers_names_map_to_comfyui_blocks(name, block):
     from motionclone import comfy_block_of
 
     assert comfy_block_of(name) == block
+
+
+class _NoInit:
+    def reset_parameters(self):  # weights come from a state dict (torch's init has no fp8 kernels)
+        pass
+
+
+class _CastPerCall:
+    """A pure-torch stand-in for a host's manual-cast layers: weights stored in any dtype, cast to the input's."""
+
+    built: list[torch.nn.Module] = []
+
+    class Linear(_NoInit, torch.nn.Linear):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            _CastPerCall.built.append(self)
+
+        def forward(self, x):
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            return torch.nn.functional.linear(x, self.weight.to(x.dtype), bias)
+
+    class LayerNorm(_NoInit, torch.nn.LayerNorm):
+        def forward(self, x):
+            return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+    class GroupNorm(_NoInit, torch.nn.GroupNorm):
+        def forward(self, x):
+            return torch.nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+
+
+def _module_input(seed=4):
+    return torch.randn(2 * 4, 128, 3, 2, generator=torch.Generator().manual_seed(seed))
+
+
+def test_layers_come_from_the_operations_namespace_with_the_released_parameter_names():
+    _CastPerCall.built.clear()
+    model = AnimateDiffMotionModel(TINY_CHANNELS, True, operations=_CastPerCall, dtype=torch.float16, compute_dtype=torch.float32)
+    reference = AnimateDiffMotionModel(TINY_CHANNELS, True)
+    assert list(model.state_dict()) == list(reference.state_dict())
+    assert len(_CastPerCall.built) == sum(isinstance(m, torch.nn.Linear) for m in reference.modules())
+    assert all(isinstance(m, _CastPerCall.GroupNorm) for m in model.modules() if isinstance(m, torch.nn.GroupNorm))
+    assert all(isinstance(m, _CastPerCall.LayerNorm) for m in model.modules() if isinstance(m, torch.nn.LayerNorm))
+    assert model.weight_dtype == torch.float16 and model.compute_dtype == torch.float32
+    assert {m.compute_dtype for m in model.modules_in_forward_order()} == {torch.float32}
+    # The positional encoding stays float32 whatever the weights' dtype.
+    assert {b.dtype for name, b in model.named_buffers()} == {torch.float32}
+
+
+def test_fp16_storage_with_fp32_compute_matches_the_fp32_model():
+    state = tiny_motion_state_dict("v2", seed=1)
+    fp32 = AnimateDiffMotionModel(TINY_CHANNELS, True)
+    fp32.load_state_dict(state)
+    cast = AnimateDiffMotionModel(TINY_CHANNELS, True, operations=_CastPerCall, dtype=torch.float16)
+    cast.load_state_dict(state)
+    x = _module_input()
+    expected = fp32.up_blocks[1].motion_modules[0](x, frames=4)
+    out = cast.up_blocks[1].motion_modules[0](x, frames=4)
+    assert out.dtype == torch.float32
+    # Only the weights are rounded to fp16 (relative error 2^-11): the module's contribution (up to ~7.6 here)
+    # moves by 3.6e-3 at most (measured); 1e-2 leaves room for other CPUs' kernels.
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-2)
+    assert not torch.equal(out, expected)
+
+
+def test_fp8_storage_runs_through_group_norm_with_casting_layers():
+    state = tiny_motion_state_dict("v3", seed=1)
+    plain = AnimateDiffMotionModel(TINY_CHANNELS, False, dtype=torch.float8_e4m3fn, operations=_CastPerCall)
+    plain.load_state_dict(state)
+    module = plain.up_blocks[1].motion_modules[0]
+    assert module.temporal_transformer.norm.weight.dtype == torch.float8_e4m3fn
+    out = module(_module_input(), frames=4)
+    fp32 = AnimateDiffMotionModel(TINY_CHANNELS, False)
+    fp32.load_state_dict(state)
+    expected = fp32.up_blocks[1].motion_modules[0](_module_input(), frames=4)
+    assert torch.isfinite(out).all()
+    # fp8 e4m3 keeps 3 mantissa bits: the module's own contribution (out - x) keeps its direction (0.998 measured).
+    contribution, reference = (out - _module_input()).flatten(), (expected - _module_input()).flatten()
+    assert torch.nn.functional.cosine_similarity(contribution, reference, dim=0) > 0.99
+
+
+def test_plain_torch_group_norm_refuses_fp8_weights():
+    """Why fp8 storage needs casting layers: torch's own GroupNorm has no fp8 kernel."""
+    norm = torch.nn.GroupNorm(32, 128, eps=1e-6).to(torch.float8_e4m3fn)
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        norm(_module_input().to(torch.float8_e4m3fn))

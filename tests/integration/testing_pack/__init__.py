@@ -53,22 +53,31 @@ def seeded_weights(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]
     return state
 
 
+WEIGHT_DTYPES = {"default": torch.float32, "fp16": torch.float16, "fp8_e4m3fn": torch.float8_e4m3fn}
+
+
 class TinySD15:
-    """`architecture="SD20"` builds the same tiny UNet under SD2's config class, as a non-SD1.5 MODEL."""
+    """`architecture="SD20"` builds the same tiny UNet under SD2's config class, as a non-SD1.5 MODEL.
+
+    `weight_dtype` stores the weights as UNETLoader's option of that name does: compute in
+    `unet_manual_cast` of it, through ComfyUI's manual-cast layers when they differ."""
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"seed": ("INT", {"default": 0, "min": 0, "max": 2**31})},
-                "optional": {"architecture": (["SD15", "SD20"],), "output_scale": ("FLOAT", {"default": 1.0})}}
+                "optional": {"architecture": (["SD15", "SD20"],), "output_scale": ("FLOAT", {"default": 1.0}),
+                             "weight_dtype": (list(WEIGHT_DTYPES),)}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "build"
     CATEGORY = "testing"
 
-    def build(self, seed, architecture="SD15", output_scale=1.0):
+    def build(self, seed, architecture="SD15", output_scale=1.0, weight_dtype="default"):
         config_class = {"SD15": comfy.supported_models.SD15, "SD20": comfy.supported_models.SD20}[architecture]
         config = config_class(dict(TINY_UNET))
-        config.set_inference_dtype(torch.float32, None)
+        dtype = WEIGHT_DTYPES[weight_dtype]
+        manual_cast = comfy.model_management.unet_manual_cast(dtype, comfy.model_management.get_torch_device())
+        config.set_inference_dtype(dtype, manual_cast)
         model = config.get_model({})
         weights = seeded_weights(model.diffusion_model, seed)
         # A random UNet is no denoiser: its eps swings wildly with the input. Scaling the output layer down
