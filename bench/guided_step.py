@@ -7,8 +7,9 @@ UNet and a v3-size motion module. For every size of `--sizes` and every mode of 
 per-step callbacks; it also checks that every mode samples the same latent as fast, bit for bit.
 
 Measured per step:
-- "kept for backward": the bytes of the distinct storages autograd saves during the step, counted exactly by
-  an outer `torch.autograd.graph.saved_tensors_hooks`, other than the weights (resident anyway). A
+- "kept for backward": the most bytes autograd holds saved for a backward at once during the step (distinct
+  storages, each while any saved tensor holds it), counted exactly by an outer
+  `torch.autograd.graph.saved_tensors_hooks`, the weights left out (resident anyway). A
   checkpointed layer's input is counted (the checkpoint saves it), the activations it recomputes in the
   backward are not. On CUDA, low mode moves what it keeps to pinned CPU memory before this hook sees it, so
   there the figure is what stays on the GPU;
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
@@ -150,8 +152,9 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
     del probs
 
     stamps, peaks, saved = [], [], []
-    saved_now: dict[int, int] = {}  # storage address -> bytes, so shared storages count once
     weights: set[int] = set()
+    held: dict[int, list[int]] = {}  # storage address -> [bytes, saved tensors holding it]
+    live, step_peak = [0], [0]
 
     def weight_storages() -> set[int]:  # re-read: the first gradient pass replaces inference-mode weights
         modules = (model.model, patching.motion_model_of(model))
@@ -162,15 +165,30 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
         peaks.append(meter.lap())
-        saved.append(sum(saved_now.values()))
-        saved_now.clear()
+        saved.append(step_peak[0])
+        step_peak[0] = live[0]
         weights.clear()
         weights.update(weight_storages())
 
+    def release(address: int) -> None:
+        entry = held[address]
+        entry[1] -= 1
+        if entry[1] == 0:
+            del held[address]
+            live[0] -= entry[0]
+
     def pack(tensor):
+        """Count a saved tensor's storage while any saved tensor holds it (a finalizer tells when none does)."""
         storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:  # weights are resident anyway
-            saved_now[storage.data_ptr()] = storage.nbytes()
+        address = storage.data_ptr()
+        if address in weights:  # weights are resident anyway (a linear layer saves a transposed view of its own)
+            return tensor
+        entry = held.setdefault(address, [storage.nbytes(), 0])
+        if entry[1] == 0:
+            live[0] += entry[0]
+        entry[1] += 1
+        weakref.finalize(tensor, release, address)
+        step_peak[0] = max(step_peak[0], live[0])
         return tensor
 
     guided = steps // 2

@@ -91,6 +91,16 @@ class AttentionCapture:
         self.repeated = self.repeated or block in self.cross_probs
         self.cross_probs[block] = probs
 
+    def clear(self) -> None:
+        """Drop the records, and with them the autograd graph they keep alive.
+
+        Recomputed (checkpointed) layers keep a reference to the capture in their recomputation, held by the
+        graph: while the capture holds tensors of that graph, neither is freed by reference counting.
+        """
+        self.probs.clear()
+        self.keys.clear()
+        self.cross_probs.clear()
+
     def module_done(self, module_name: str) -> None:
         if self.stop_after is not None and module_name == self.stop_after and not self._replaying:
             raise ForwardStopped(module_name)

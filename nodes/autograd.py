@@ -12,7 +12,7 @@ The gradient forward runs only the conditional batch and stops (or stops recordi
 module of the captured blocks, so no activation of later blocks is kept; spatial attention is PyTorch's
 SDPA during it (`with_capture(..., differentiable=True)`).
 
-`memory_mode` (patching's FAST, BALANCED, LOW) says which motion modules recompute their activations in the
+`memory_mode` (fast, balanced or low, `motionclone.memory`) says which motion modules recompute their activations in the
 backward instead of keeping them (the UNet layers of the same levels do so through the MODEL's object patches,
 `patching.with_memory_mode`), and whether low mode keeps what the backward needs on the CPU. The gradient is the
 same in every mode.
@@ -27,8 +27,8 @@ import torch
 
 from ..motionclone import AttentionCapture, ForwardStopped, MotionCloneError
 from ..motionclone.layout import validate_block_names
+from ..motionclone.memory import FAST
 from .patching import (
-    FAST,
     SamplingRun,
     gradient_recording,
     prepare_gradient_path,
@@ -96,11 +96,14 @@ def attention_loss_gradient(
         leaf = x.detach().clone().requires_grad_(True)
         options = with_capture(model_options, capture, differentiable=True,
                                recompute=recomputed_motion_modules(run.motion_model, memory_mode))
-        with saved_for_backward_offload(memory_mode, leaf.device):
-            _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
-        _check_captured(run, blocks, capture)
-        loss = loss_fn(capture)
-        (grad,) = torch.autograd.grad(loss, leaf)
+        try:
+            with saved_for_backward_offload(memory_mode, leaf.device):
+                _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
+            _check_captured(run, blocks, capture)
+            loss = loss_fn(capture)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        finally:
+            capture.clear()  # frees the graph now, also in balanced / low mode (see AttentionCapture.clear)
     return loss.detach(), grad.detach()
 
 
@@ -128,12 +131,15 @@ def prediction_with_attention_gradient(
         leaf = x.detach().clone().requires_grad_(True)
         options = with_capture(model_options, capture, differentiable=True,
                                recompute=recomputed_motion_modules(run.motion_model, memory_mode))
-        with saved_for_backward_offload(memory_mode, leaf.device):
-            denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
-        resume_gradient_recording()  # switched off after the last guided block
-        _check_captured(run, blocks, capture)
-        loss = loss_fn(capture)
-        (grad,) = torch.autograd.grad(loss, leaf)
+        try:
+            with saved_for_backward_offload(memory_mode, leaf.device):
+                denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
+            resume_gradient_recording()  # switched off after the last guided block
+            _check_captured(run, blocks, capture)
+            loss = loss_fn(capture)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        finally:
+            capture.clear()  # frees the graph now, also in balanced / low mode (see AttentionCapture.clear)
     return denoised.detach(), loss.detach(), grad.detach()
 
 

@@ -26,10 +26,11 @@ from ..motionclone import (
     motion_loss,
 )
 from ..motionclone.errors import MotionCloneError
+from ..motionclone.memory import FAST
 from ..motionclone.subject import SemanticSettings
 from ..motionclone.validation import excerpt, require_finite
 from .autograd import attention_loss_gradient, capture_forward, new_capture, prediction_with_attention_gradient
-from .patching import FAST, SamplingRun
+from .patching import SamplingRun
 from .semantic import AppearanceBranch, appearance_targets, semantic_losses
 
 

@@ -22,6 +22,7 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -42,9 +43,12 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 from ..motionclone import AnimateDiffMotionModel, AttentionCapture, ForwardStopped, MotionModule, attend, attention_probs
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
+from ..motionclone.memory import AUTO, BALANCED, FAST, LOW, choose_memory_mode, estimate
 
 if TYPE_CHECKING:
     from .guided_step import GuidanceRun
+
+logger = logging.getLogger("MotionClone")
 
 PATCH_KEY = "motionclone"  # wrappers, injections and additional models of this pack
 RUN_STATE_KEY = "motionclone_run"  # transformer_options entry holding the SamplingRun of a sampling run
@@ -58,7 +62,6 @@ RECOMPUTE_KEY = "motionclone_recompute"  # transformer_options entry: motion mod
 BLOCK_LAYER_FORWARD_KEY = "diffusion_model.{kind}_blocks.{block}.{layer}.forward"
 MIDDLE_LAYER_FORWARD_KEY = "diffusion_model.middle_block.{layer}.forward"
 
-FAST, BALANCED, LOW = "fast", "balanced", "low"
 # UNet resolution levels (0 = latent resolution, 1 = half, ...; "middle" = the middle block) whose activations
 # on the gradient path are recomputed in the backward, per memory mode.
 RECOMPUTED_LEVELS = {FAST: (), BALANCED: (0, 1), LOW: (0, 1, 2, 3, "middle")}
@@ -306,6 +309,26 @@ def with_memory_mode(model: comfy.model_patcher.ModelPatcher, mode: str) -> comf
     for key, patch in _recompute_patches(model.model.diffusion_model, mode).items():
         patched.add_object_patch(key, patch)
     return patched
+
+
+def resolve_memory_mode(mode: str, model: comfy.model_patcher.ModelPatcher, frames: int, latent_height: int,
+                        latent_width: int) -> str:
+    """`mode`, or for auto the mode `choose_memory_mode` picks from the sampling device's free memory (logged)."""
+    if mode != AUTO:
+        return mode
+    device = model.load_device
+    free = comfy.model_management.get_free_memory(device)
+    patchers = (model, *model.get_additional_models_with_key(PATCH_KEY))
+    # Weights already on the device count in neither; on a CPU they are in RAM however "loaded".
+    to_load = 0 if device == model.offload_device else sum(p.model_size() - p.loaded_size() for p in patchers)
+    dtype = model.model_dtype() or torch.float32
+    chosen = choose_memory_mode(free, frames, latent_height, latent_width, dtype.itemsize, to_load)
+    need = estimate(chosen, frames, latent_height, latent_width, dtype.itemsize)
+    logger.info("memory_mode auto chose %s for %d frames of %dx%d latent (%s): about %.2f GiB kept for the backward "
+                "plus %.2f GiB working memory, %.2f GiB free on %s, %.2f GiB of weights still to load", chosen, frames,
+                latent_width, latent_height, str(dtype).replace("torch.", ""), need.kept / 2**30, need.working / 2**30,
+                free / 2**30, device, to_load / 2**30)
+    return chosen
 
 
 def _recompute_patches(unet, mode: str) -> dict[str, _RecomputedForward]:
