@@ -16,6 +16,8 @@ Measured per step:
 - peak memory: on CUDA the allocator's peak (weights included); on CPU the process's peak resident set
   (sampled every millisecond) above its level before the first run, a coarse figure.
 
+Times: on CUDA wall time; on a CPU the sampling thread's CPU time (`time.thread_time`: PyTorch runs the
+forward and the backward on it with one thread), so that other processes on a shared machine do not count.
 On a CPU every forward uses PyTorch's SDPA attention (ComfyUI's default there is its slower split kernel;
 the gradient pass always uses SDPA), so that the time ratio compares like with like, as on a GPU.
 
@@ -163,7 +165,7 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
     def callback(step, x0, x, total):
         if cuda:
             torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+        stamps.append(time.perf_counter() if cuda else time.thread_time())
         peaks.append(meter.lap())
         saved.append(step_peak[0])
         step_peak[0] = live[0]
