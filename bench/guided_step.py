@@ -13,8 +13,9 @@ Measured per step:
   checkpointed layer's input is counted (the checkpoint saves it), the activations it recomputes in the
   backward are not. On CUDA, low mode moves what it keeps to pinned CPU memory before this hook sees it, so
   there the figure is what stays on the GPU;
-- peak memory: on CUDA the allocator's peak (weights included); on CPU the process's peak resident set
-  (sampled every millisecond) above its level before the first run, a coarse figure.
+- peak memory: on CUDA the allocator's peak (weights included); on CPU the peak of malloc'd bytes (glibc's
+  `mallinfo2`, sampled every millisecond) above the level at the end of the previous step: what the step
+  allocates on top of the weights and everything else already there.
 
 Times: on CUDA wall time; on a CPU the sampling thread's CPU time (`time.thread_time`: PyTorch runs the
 forward and the backward on it with one thread), so that other processes on a shared machine do not count.
@@ -33,6 +34,7 @@ Usage: COMFYUI_PATH=~/.cache/motionclone-ci/comfyui-v0.8.0 python bench/guided_s
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import sys
@@ -59,24 +61,30 @@ GIB = 2**30
 MIB = 2**20
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
 class MemoryMeter:
-    """Peak memory between two `lap()` calls: CUDA allocator peak, or sampled RSS on CPU."""
+    """Peak memory between two `lap()` calls: the CUDA allocator's peak (weights included), or on a CPU the peak
+    of the bytes malloc has handed out (glibc's `mallinfo2`, sampled every millisecond) above the level at the
+    previous lap: the analogue of the allocator's figure, which the resident set size is not (glibc keeps freed
+    memory mapped, so RSS does not fall between runs)."""
 
     def __init__(self, cuda: bool):
         self.cuda = cuda
-        self.base = self._now()
-        self.peak = 0
+        self.peak = self.base = 0
         self._running = not cuda
         if not cuda:
+            self._mallinfo = ctypes.CDLL("libc.so.6").mallinfo2
+            self._mallinfo.restype = _MallInfo2
+            self.base = self.peak = self._now()
             threading.Thread(target=self._sample, daemon=True).start()
 
     def _now(self) -> int:
-        import torch
-
-        if self.cuda:
-            return torch.cuda.memory_allocated()
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        info = self._mallinfo()
+        return info.uordblks + info.hblkhd
 
     def _sample(self):
         while self._running:
@@ -84,15 +92,16 @@ class MemoryMeter:
             time.sleep(0.001)
 
     def lap(self) -> int:
-        """Peak since the last lap: allocated bytes on CUDA, RSS above the start on CPU."""
+        """Peak since the last lap: allocated bytes on CUDA; on a CPU, malloc'd bytes above the previous lap's level."""
         import torch
 
         if self.cuda:
             peak = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             return peak
-        peak, self.peak = max(self.peak, self._now()), self._now()
-        return peak - self.base
+        now = self._now()
+        peak, self.peak, base, self.base = max(self.peak, now), now, self.base, now
+        return peak - base
 
     def stop(self):
         self._running = False
@@ -221,16 +230,16 @@ def units(frames: int, size: int) -> int:
 def report(results: list[dict], args, weight_bytes: int, device: str) -> str:
     kind = "SD1.5-size UNet + v3-size motion module" if args.full_size else "tiny SD1.5-layout UNet + tiny motion module"
     dtype = str(args.torch_dtype).replace("torch.", "")
-    peak_label = "peak allocated (weights incl.)" if args.cuda else "peak RSS above start"
+    peak_label = "peak allocated (weights incl.)" if args.cuda else "peak malloc'd above the step's start"
     lines = [f"{kind}, {dtype}, {device}; weights {weight_bytes / MIB:.1f} MiB", "",
-             f"| size | mode | guided step s | plain CFG step s | guided / plain | kept for backward MiB | {peak_label} MiB | same latent as fast |",
+             f"| size | mode | guided step s | plain CFG step s | guided / plain | kept for backward MiB | {peak_label} MiB, guided / plain | same latent as fast |",
              "|---|---|---|---|---|---|---|---|"]
     fast = {(r["frames"], r["size"]): r["latent"] for r in results if r["mode"] == "fast"}
     for r in results:
         reference = fast.get((r["frames"], r["size"]))
         same = "—" if reference is None or r["mode"] == "fast" else ("yes" if reference.equal(r["latent"]) else "NO")
         lines.append(f"| {r['frames']}x{r['size']}² | {r['mode']} | {r['guided_s']:.3f} | {r['plain_s']:.3f} | "
-                     f"{r['guided_s'] / r['plain_s']:.2f} | {r['kept'] / MIB:.1f} | {r['guided_peak'] / MIB:.0f} | {same} |")
+                     f"{r['guided_s'] / r['plain_s']:.2f} | {r['kept'] / MIB:.1f} | {r['guided_peak'] / MIB:.0f} / {r['plain_peak'] / MIB:.0f} | {same} |")
     target_frames, target_size = args.target
     target = units(target_frames, target_size)
     largest = max(args.sizes, key=lambda fs: units(*fs))
