@@ -22,9 +22,10 @@ forward and the backward on it with one thread), so that other processes on a sh
 On a CPU every forward uses PyTorch's SDPA attention (ComfyUI's default there is its slower split kernel;
 the gradient pass always uses SDPA), so that the time ratio compares like with like, as on a GPU.
 
-Extrapolation: kept-for-backward and peak-above-weights are taken as proportional to frames x latent pixels,
-with the ratio of the largest size measured; the ratio of the smallest size, over it, says how well that holds
-(1.000 = exactly). It is extrapolated to `--target` (16 frames of 512x512, in the measured dtype), and the
+Extrapolation: kept-for-backward is taken as proportional to frames x latent pixels, with the ratio of the
+largest size measured; each smaller size's ratio over it says how well that holds (1.000 = exactly). The
+peak above the weights has a part that does not grow with the video: it is extrapolated along the line
+through the two largest sizes. It is extrapolated to `--target` (16 frames of 512x512, in the measured dtype), and the
 weights (full-size: those measured; tiny: SD1.5 + v3 in the measured dtype) are added for a peak.
 
 Usage: COMFYUI_PATH=~/.cache/motionclone-ci/comfyui-v0.8.0 python bench/guided_step.py
@@ -255,8 +256,12 @@ def report(results: list[dict], args, weight_bytes: int, device: str) -> str:
         big = mine[largest]
         per_unit = big["kept"] / units(*largest)
         checks = ", ".join(f"{f}x{p}²: {mine[(f, p)]['kept'] / units(f, p) / per_unit:.3f}" for f, p in others) or "—"
-        above_weights = big["guided_peak"] - (weight_bytes if args.cuda else 0)
-        peak_target = above_weights / units(*largest) * target + full_weights
+        # The peak has a part that does not grow with the video (one layer's transients at full width): a line
+        # through the two largest sizes, or proportional when only one was measured.
+        sizes = sorted(mine, key=lambda fs: units(*fs))[-2:]
+        above = [(units(*fs), mine[fs]["guided_peak"] - (weight_bytes if args.cuda else 0)) for fs in sizes]
+        slope = (above[-1][1] - above[0][1]) / (above[-1][0] - above[0][0]) if len(above) > 1 else above[0][1] / above[0][0]
+        peak_target = above[-1][1] + slope * (target - above[-1][0]) + full_weights
         lines.append(f"| {mode} | {per_unit / 1024:.2f} | {checks} | {per_unit * target / GIB:.2f} | {peak_target / GIB:.2f} |")
     if not args.full_size:
         lines += ["", "Tiny model: its widths are 1/10 of SD1.5's, so its per-frame-pixel figures do not carry over to "

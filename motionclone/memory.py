@@ -19,12 +19,16 @@ from dataclasses import dataclass
 AUTO, FAST, BALANCED, LOW = "auto", "fast", "balanced", "low"
 MEMORY_MODES = (AUTO, FAST, BALANCED, LOW)
 
-# Bytes kept for the backward per frame x latent pixel, fp16 SD1.5 + v3, motion guidance on up_blocks.1
-# (bench/guided_step.py --full-size, fp32 counts halved).
-KEPT_BYTES_PER_FRAME_PIXEL = {FAST: 187_000, BALANCED: 73_700, LOW: 10_650}
+# Bytes kept for the backward per frame x latent pixel, fp16 SD1.5 + v3, motion guidance on up_blocks.1.
+# Counted exactly by bench/guided_step.py --full-size in fp32 on a CPU at 4 frames of 256x256 (fast 347.9,
+# balanced 129.5, low 20.1 KiB), halved for fp16, plus 2.1 KB where the guided layers are not recomputed: their
+# attention probabilities are computed in fp32 whatever the model's dtype (queries, keys and probabilities).
+KEPT_BYTES_PER_FRAME_PIXEL = {FAST: 180_250, BALANCED: 68_400, LOW: 10_300}
 # Transient memory of a guided step on top of what is kept (the backward's activation gradients, the
-# recomputation of one layer, the unconditional forward), per frame x latent pixel, fp16.
-WORKING_BYTES_PER_FRAME_PIXEL = 160_000
+# recomputation of one layer, the unconditional forward), per frame x latent pixel, fp16: the plain step's
+# peak grew by 18 KiB (fp32) per frame-pixel between 2 and 4 frames of 128x128 in the same bench run, i.e.
+# 9 KiB in fp16, taken with a margin for the backward's gradient buffers.
+WORKING_BYTES_PER_FRAME_PIXEL = 16_000
 # Free memory 'auto' leaves untouched: allocator fragmentation, the VAE decode after sampling, other nodes.
 AUTO_RESERVE_BYTES = 1 << 30
 
