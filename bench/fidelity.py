@@ -86,9 +86,19 @@ SEMANTIC_WEIGHT = 500.0
 
 
 def build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, prefix: str, steps: int = STEPS,
-                 guided_steps: int = GUIDED_STEPS) -> dict:
+                 guided_steps: int = GUIDED_STEPS, memory_mode: str | None = None) -> dict:
     """The API-format graph of one benchmark row: toy model -> Apply AnimateDiff -> (Extract Motion ->
-    guidance) -> sampler -> VAE Decode -> SaveImage."""
+    guidance) -> sampler -> VAE Decode -> SaveImage. `memory_mode` is given to the guided node, if any."""
+    graph = _build_prompt(row, reference_clip, new_prompt, seed, prefix, steps, guided_steps)
+    if memory_mode is not None:
+        for node in graph.values():
+            if node["class_type"] in ("MotionCloneSampler", "MotionCloneGuidance"):
+                node["inputs"]["memory_mode"] = memory_mode
+    return graph
+
+
+def _build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, prefix: str, steps: int,
+                  guided_steps: int) -> dict:
     graph = {
         "toy": {"class_type": "MotionCloneLoadToyModel", "inputs": {}},
         "apply": {"class_type": "MotionCloneApplyAnimateDiff",
@@ -312,7 +322,8 @@ def toy_model_module():
     return loaded_pack_module("nodes.toy_model")
 
 
-def run(comfy, rows, case_list, seeds, steps=STEPS, guided_steps=GUIDED_STEPS, log=print) -> list[dict]:
+def run(comfy, rows, case_list, seeds, steps=STEPS, guided_steps=GUIDED_STEPS, log=print,
+        memory_mode: str | None = None) -> list[dict]:
     toy = toy_model_module()
     judge = ShapeJudge(toy.load_toy_vae())
     results = []
@@ -321,7 +332,7 @@ def run(comfy, rows, case_list, seeds, steps=STEPS, guided_steps=GUIDED_STEPS, l
         for seed in seeds:
             for row in rows:
                 prefix = f"bench/{case.name}_{seed}_{row.replace(' ', '_').replace('+', '')}"
-                graph = build_prompt(row, case.clip, case.new_prompt, seed, prefix, steps, guided_steps)
+                graph = build_prompt(row, case.clip, case.new_prompt, seed, prefix, steps, guided_steps, memory_mode)
                 began = time.perf_counter()
                 outputs = comfy.run_prompt(graph)
                 seconds = time.perf_counter() - began
@@ -360,6 +371,8 @@ def main():
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--guided-steps", type=int, default=GUIDED_STEPS)
     parser.add_argument("--json", help="also write the per-run results here")
+    parser.add_argument("--memory-mode", choices=("auto", "fast", "balanced", "low"), default=None,
+                        help="memory_mode of the guided nodes (default: the nodes' default, auto)")
     options = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     rows = ROWS[:2] if options.quick else tuple(r.strip() for r in options.rows.split(","))
@@ -367,7 +380,8 @@ def main():
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
         comfy = start(workdir)
-        results = run(comfy, rows, cases(options.quick), seeds, options.steps, options.guided_steps)
+        results = run(comfy, rows, cases(options.quick), seeds, options.steps, options.guided_steps,
+                      memory_mode=options.memory_mode)
     print()
     print(table(results, rows))
     print(f"\n{len(results)} clips, {time.perf_counter() - began:.0f} s in all; ComfyUI {comfy.version}")

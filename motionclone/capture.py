@@ -9,9 +9,16 @@ or names the module after which whoever runs the modules switches autograd off f
 forward (when the prediction is wanted too, `no_grad_after`), so that no activation of the later blocks is
 kept for backward, as the official `unet_customized_forward` does. The switch itself belongs to the code that
 runs the UNet (in this pack, `nodes/patching.py`), not to this record.
+
+When the gradient pass recomputes activations during the backward instead of keeping them (gradient
+checkpointing), the recomputed layers run again with the same capture: inside `replaying()` it records
+nothing and stops nothing, so the backward neither overwrites what the forward recorded nor ends early.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -49,6 +56,7 @@ class AttentionCapture:
         self.keys: dict[str, torch.Tensor] = {}
         self.cross_probs: dict[tuple[str, int], torch.Tensor] = {}
         self.repeated = False  # a layer ran twice: the caller split the batch over several forwards
+        self._replaying = False
 
     def wants(self, layer_name: str) -> bool:
         return _in_blocks(layer_name, self.blocks)
@@ -56,25 +64,50 @@ class AttentionCapture:
     def wants_keys(self, layer_name: str) -> bool:
         return _in_blocks(layer_name, self.key_blocks)
 
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        """Layers run again to recompute their activations for the backward: record nothing, stop nothing."""
+        previous, self._replaying = self._replaying, True
+        try:
+            yield
+        finally:
+            self._replaying = previous
+
     def record(self, layer_name: str, probs: torch.Tensor) -> None:
+        if self._replaying:
+            return
         self.repeated = self.repeated or layer_name in self.probs
         self.probs[layer_name] = probs
 
     def record_keys(self, layer_name: str, keys: torch.Tensor) -> None:
+        if self._replaying:
+            return
         self.repeated = self.repeated or layer_name in self.keys
         self.keys[layer_name] = keys
 
     def record_cross(self, block: tuple[str, int], probs: torch.Tensor) -> None:
+        if self._replaying:
+            return
         self.repeated = self.repeated or block in self.cross_probs
         self.cross_probs[block] = probs
 
+    def clear(self) -> None:
+        """Drop the records, and with them the autograd graph they keep alive.
+
+        Recomputed (checkpointed) layers keep a reference to the capture in their recomputation, held by the
+        graph: while the capture holds tensors of that graph, neither is freed by reference counting.
+        """
+        self.probs.clear()
+        self.keys.clear()
+        self.cross_probs.clear()
+
     def module_done(self, module_name: str) -> None:
-        if self.stop_after is not None and module_name == self.stop_after:
+        if self.stop_after is not None and module_name == self.stop_after and not self._replaying:
             raise ForwardStopped(module_name)
 
     def gradient_recording_ends_after(self, module_name: str) -> bool:
         """Whether the forward needs no autograd graph once `module_name` has run."""
-        return self.no_grad_after is not None and module_name == self.no_grad_after
+        return self.no_grad_after is not None and module_name == self.no_grad_after and not self._replaying
 
 
 def _in_blocks(layer_name: str, blocks: tuple[str, ...]) -> bool:

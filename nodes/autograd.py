@@ -11,6 +11,11 @@ conditioning needs nothing (it only meets weights that do not require grad).
 The gradient forward runs only the conditional batch and stops (or stops recording) after the last motion
 module of the captured blocks, so no activation of later blocks is kept; spatial attention is PyTorch's
 SDPA during it (`with_capture(..., differentiable=True)`).
+
+`memory_mode` (fast, balanced or low, `motionclone.memory`) says which motion modules recompute their activations in the
+backward instead of keeping them (the UNet layers of the same levels do so through the MODEL's object patches,
+`patching.with_memory_mode`), and whether low mode keeps what the backward needs on the CPU. The gradient is the
+same in every mode.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ import torch
 
 from ..motionclone import AttentionCapture, ForwardStopped, MotionCloneError
 from ..motionclone.layout import validate_block_names
-from .patching import SamplingRun, gradient_recording, prepare_gradient_path, resume_gradient_recording, with_capture
+from ..motionclone.memory import FAST
+from .patching import (
+    SamplingRun,
+    gradient_recording,
+    prepare_gradient_path,
+    recomputed_motion_modules,
+    resume_gradient_recording,
+    saved_for_backward_offload,
+    with_capture,
+)
 
 
 def capture_forward(
@@ -65,6 +79,7 @@ def capture_attention(
 def attention_loss_gradient(
     run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
     blocks: tuple[str, ...], loss_fn: Callable[[AttentionCapture], torch.Tensor], key_blocks: tuple[str, ...] = (),
+    memory_mode: str = FAST,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of `loss_fn(capture)` with respect to the latent `x`; the capture holds the temporal-attention
     probabilities of `blocks` and the temporal keys of `key_blocks`.
@@ -79,16 +94,23 @@ def attention_loss_gradient(
     with gradient_recording():
         prepare_gradient_path(run, inner_model, (*blocks, *key_blocks))
         leaf = x.detach().clone().requires_grad_(True)
-        _forward(inner_model, conds, leaf, sigma.detach().clone(), with_capture(model_options, capture, differentiable=True))
-        _check_captured(run, blocks, capture)
-        loss = loss_fn(capture)
-        (grad,) = torch.autograd.grad(loss, leaf)
+        options = with_capture(model_options, capture, differentiable=True,
+                               recompute=recomputed_motion_modules(run.motion_model, memory_mode))
+        try:
+            with saved_for_backward_offload(memory_mode, leaf.device):
+                _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
+            _check_captured(run, blocks, capture)
+            loss = loss_fn(capture)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        finally:
+            capture.clear()  # frees the graph now, also in balanced / low mode (see AttentionCapture.clear)
     return loss.detach(), grad.detach()
 
 
 def prediction_with_attention_gradient(
     run: SamplingRun, inner_model, conds: list, x: torch.Tensor, sigma: torch.Tensor, model_options: dict,
     blocks: tuple[str, ...], loss_fn: Callable[[AttentionCapture], torch.Tensor], key_blocks: tuple[str, ...] = (),
+    memory_mode: str = FAST,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One full conditional forward giving both the prediction and `d loss_fn(capture) / d x`.
 
@@ -107,12 +129,17 @@ def prediction_with_attention_gradient(
     with gradient_recording():
         prepare_gradient_path(run, inner_model, guided_blocks)
         leaf = x.detach().clone().requires_grad_(True)
-        options = with_capture(model_options, capture, differentiable=True)
-        denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
-        resume_gradient_recording()  # switched off after the last guided block
-        _check_captured(run, blocks, capture)
-        loss = loss_fn(capture)
-        (grad,) = torch.autograd.grad(loss, leaf)
+        options = with_capture(model_options, capture, differentiable=True,
+                               recompute=recomputed_motion_modules(run.motion_model, memory_mode))
+        try:
+            with saved_for_backward_offload(memory_mode, leaf.device):
+                denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
+            resume_gradient_recording()  # switched off after the last guided block
+            _check_captured(run, blocks, capture)
+            loss = loss_fn(capture)
+            (grad,) = torch.autograd.grad(loss, leaf)
+        finally:
+            capture.clear()  # frees the graph now, also in balanced / low mode (see AttentionCapture.clear)
     return denoised.detach(), loss.detach(), grad.detach()
 
 

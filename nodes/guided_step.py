@@ -26,6 +26,7 @@ from ..motionclone import (
     motion_loss,
 )
 from ..motionclone.errors import MotionCloneError
+from ..motionclone.memory import FAST
 from ..motionclone.subject import SemanticSettings
 from ..motionclone.validation import excerpt, require_finite
 from .autograd import attention_loss_gradient, capture_forward, new_capture, prediction_with_attention_gradient
@@ -43,11 +44,13 @@ from .semantic import AppearanceBranch, appearance_targets, semantic_losses
 
 @dataclass(frozen=True)
 class Guidance:
-    """What a node asks a guided step for: the reference motion, the strength and band, optional semantics."""
+    """What a node asks a guided step for: the reference motion, the strength and band, optional semantics,
+    and the memory mode of the gradient pass (FAST, BALANCED or LOW, resolved from auto by the node)."""
 
     representation: MotionRepresentation
     settings: GuidanceSettings
     semantic: SemanticSettings | None = None
+    memory_mode: str = FAST
 
     @property
     def blocks(self) -> tuple[str, ...]:
@@ -262,11 +265,12 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
     positive = guider.conds["positive"]
     if with_prediction:
         prediction, _, grad = prediction_with_attention_gradient(
-            run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss, guidance.key_blocks)
+            run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss, guidance.key_blocks,
+            guidance.memory_mode)
     else:
         prediction = None
         _, grad = attention_loss_gradient(run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss,
-                                          guidance.key_blocks)
+                                          guidance.key_blocks, guidance.memory_mode)
     if not torch.isfinite(grad).all():
         require_finite(x, f"The latent at guided step {plan.index + 1}", "The sampling diverged: lower motion_weight.")
         raise MotionCloneError(

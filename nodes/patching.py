@@ -20,14 +20,19 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
   override to PyTorch's SDPA (some kernels ComfyUI can be started with have no backward);
 - the gradient pass of a guided step runs in `gradient_recording()`, on weights made autograd-ready by
   `prepare_gradient_path` (ordinary aliases of the same memory, no copies), and autograd is switched off
-  after the last guided motion module.
+  after the last guided motion module;
+- memory modes (`with_memory_mode`): object patches on the `forward` of UNet layers, and the `RECOMPUTE_KEY`
+  entry for motion modules, make the gradient pass recompute those layers' activations during the backward
+  (non-reentrant gradient checkpointing) instead of keeping them; forwards without autograd are untouched.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import comfy.ldm.modules.attention
@@ -38,12 +43,14 @@ import comfy.ops
 import comfy.patcher_extension
 import comfy.supported_models
 import torch
+import torch.utils.checkpoint
 from comfy.ldm.modules.attention import SpatialTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import ResBlock
 
 from ..motionclone import (
     AnimateDiffMotionModel,
     AttentionCapture,
+    ForwardStopped,
     MotionModule,
     MotionModuleSpec,
     attend,
@@ -54,9 +61,12 @@ from ..motionclone import (
 from ..motionclone.errors import FrameCountError, IncompatibleModelError
 from ..motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
 from ..motionclone.windows import ContextWindows
+from ..motionclone.memory import AUTO, BALANCED, FAST, LOW, choose_memory_mode, estimate
 
 if TYPE_CHECKING:
     from .guided_step import GuidanceRun
+
+logger = logging.getLogger("MotionClone")
 
 PATCH_KEY = "motionclone"  # wrappers, injections and additional models of this pack
 RUN_STATE_KEY = "motionclone_run"  # transformer_options entry holding the SamplingRun of a sampling run
@@ -66,6 +76,15 @@ ADE_KEY = "ADE"  # AnimateDiff-Evolved's key for its injections, wrappers and ad
 ATTENTION_OVERRIDE_KEY = "optimized_attention_override"  # transformer_options entry ComfyUI's attention obeys
 WINDOWS_KEY = "motionclone_windows"  # transformer_options entry and CALC_COND_BATCH wrapper of 'Context Windows'
 CORE_CONTEXT_KEY = "context_handler"  # model_options entry of ComfyUI's own context-window nodes
+RECOMPUTE_KEY = "motionclone_recompute"  # transformer_options entry: motion modules the gradient pass recomputes
+# Object-patch keys of UNet layers' forwards, indexed as in the UNet without motion modules: ComfyUI applies
+# object patches with injections ejected (ModelPatcher.patch_model's `use_ejected`).
+BLOCK_LAYER_FORWARD_KEY = "diffusion_model.{kind}_blocks.{block}.{layer}.forward"
+MIDDLE_LAYER_FORWARD_KEY = "diffusion_model.middle_block.{layer}.forward"
+
+# UNet resolution levels (0 = latent resolution, 1 = half, ...; "middle" = the middle block) whose activations
+# on the gradient path are recomputed in the backward, per memory mode.
+RECOMPUTED_LEVELS = {FAST: (), BALANCED: (0, 1), LOW: (0, 1, 2, 3, "middle")}
 
 BETA_SCHEDULES = {
     # AnimateDiff's training schedule: diffusers "linear" is ComfyUI "sqrt_linear".
@@ -257,10 +276,170 @@ def _run_motion_module(layer: MotionModule, x, emb, context, transformer_options
     chunks = len(transformer_options.get("cond_or_uncond") or [None])
     # Layers that cast their weights per call compute in the input's dtype: never feed them fp8 storage's.
     compute_dtype = layer.compute_dtype or layer.temporal_transformer.proj_in.weight.dtype
-    out = layer(x.to(compute_dtype), x.shape[0] // chunks, capture)
+    out = _forward_motion_module(layer, x.to(compute_dtype), x.shape[0] // chunks, capture, transformer_options)
     if capture is not None and capture.gradient_recording_ends_after(layer.name):
         torch.set_grad_enabled(False)  # the rest of the UNet is not on the loss's path; `resume_gradient_recording`
     return out.to(x.dtype)
+
+
+def _forward_motion_module(layer: MotionModule, x: torch.Tensor, frames: int, capture: AttentionCapture | None,
+                           transformer_options: dict) -> torch.Tensor:
+    """`layer(x, frames, capture)`, its activations recomputed in the backward when `RECOMPUTE_KEY` names it.
+
+    A capture's `ForwardStopped` is caught inside the checkpointed region and raised again outside it, so the
+    checkpoint sees a completed forward; the recomputation runs in `capture.replaying()` (no second record,
+    no stop).
+    """
+    if layer.name not in transformer_options.get(RECOMPUTE_KEY, ()) or not _recorded(x):
+        return layer(x, frames, capture)
+    stopped = []
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        try:
+            return layer(x, frames, capture)
+        except ForwardStopped:
+            stopped.append(layer.name)
+            return x  # the forward ends here; its output is never used
+
+    out = _checkpoint(run, x, capture=capture)
+    if stopped:
+        raise ForwardStopped(layer.name)
+    return out
+
+
+def _recorded(x: torch.Tensor) -> bool:
+    """Whether autograd records the layer that takes `x`: the gradient pass of a guided step."""
+    return torch.is_grad_enabled() and x.requires_grad
+
+
+def _checkpoint(function, *args, capture: AttentionCapture | None = None, **kwargs):
+    """Non-reentrant gradient checkpointing; the recomputation runs in `capture.replaying()`.
+
+    The UNet draws no random numbers (dropout 0), so the RNG state need not be saved and restored.
+    """
+    contexts = partial(_recompute_contexts, capture)
+    return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False, preserve_rng_state=False,
+                                             context_fn=contexts, **kwargs)
+
+
+def _recompute_contexts(capture: AttentionCapture | None):
+    return nullcontext(), capture.replaying() if capture is not None else nullcontext()
+
+
+class _RecomputedForward:
+    """Object patch of a UNet layer's `forward`: when autograd records it (the gradient pass of a guided step)
+    its activations are recomputed in the backward instead of kept; any other call is the layer's own forward."""
+
+    def __init__(self, layer: torch.nn.Module):
+        self.layer = layer
+
+    def __call__(self, x: torch.Tensor, *args, **kwargs):
+        forward = type(self.layer).forward.__get__(self.layer)
+        if not _recorded(x):
+            return forward(x, *args, **kwargs)
+        return _checkpoint(forward, x, *args, **kwargs)
+
+
+class _RecomputedTransformer(_RecomputedForward):
+    """`_RecomputedForward` of a SpatialTransformer, which reads the forward's `transformer_options`.
+
+    By the time of the backward the UNet has moved that dict on (its "block" entry names the last block), and
+    attention patches are looked up by block: the recomputation gets a copy taken when the layer ran.
+    """
+
+    def __call__(self, x: torch.Tensor, context=None, transformer_options={}):  # noqa: B006 - ComfyUI's signature
+        forward = type(self.layer).forward.__get__(self.layer)
+        if not _recorded(x):
+            return forward(x, context, transformer_options)
+        snapshot = dict(transformer_options)
+
+        def run(x: torch.Tensor, context):
+            options = dict(snapshot)
+            return forward(x, context, options), options
+
+        out, written = _checkpoint(run, x, context, capture=snapshot.get(CAPTURE_KEY))
+        transformer_options.update(written)  # what the layer writes there (its block_index...), as without us
+        return out
+
+
+def with_memory_mode(model: comfy.model_patcher.ModelPatcher, mode: str) -> comfy.model_patcher.ModelPatcher:
+    """`model` whose UNet layers in `mode`'s `RECOMPUTED_LEVELS` recompute their activations in the gradient
+    pass; `model` itself when there is nothing to change (fast on a MODEL without such patches), else a clone.
+
+    Balanced patches the ResBlocks and SpatialTransformers of those levels; low every layer (convolutions,
+    down- and up-samplers too). The motion modules of the same levels follow `recomputed_motion_modules`.
+    """
+    ours = [key for key, value in model.object_patches.items() if isinstance(value, _RecomputedForward)]
+    if mode == FAST and not ours:
+        return model
+    patched = model.clone()
+    for key in ours:
+        del patched.object_patches[key]
+    for key, patch in _recompute_patches(model.model.diffusion_model, mode).items():
+        patched.add_object_patch(key, patch)
+    return patched
+
+
+def resolve_memory_mode(mode: str, model: comfy.model_patcher.ModelPatcher, frames: int, latent_height: int,
+                        latent_width: int) -> str:
+    """`mode`, or for auto the mode `choose_memory_mode` picks from the sampling device's free memory (logged)."""
+    if mode != AUTO:
+        return mode
+    device = model.load_device
+    free = comfy.model_management.get_free_memory(device)
+    patchers = (model, *model.get_additional_models_with_key(PATCH_KEY))
+    # Weights already on the device count in neither; on a CPU they are in RAM however "loaded".
+    to_load = 0 if device == model.offload_device else sum(p.model_size() - p.loaded_size() for p in patchers)
+    dtype = model.model_dtype() or torch.float32
+    chosen = choose_memory_mode(free, frames, latent_height, latent_width, dtype.itemsize, to_load)
+    need = estimate(chosen, frames, latent_height, latent_width, dtype.itemsize)
+    logger.info("memory_mode auto chose %s for %d frames of %dx%d latent (%s): about %.2f GiB kept for the backward "
+                "plus %.2f GiB working memory, %.2f GiB free on %s, %.2f GiB of weights still to load", chosen, frames,
+                latent_width, latent_height, str(dtype).replace("torch.", ""), need.kept / 2**30, need.working / 2**30,
+                free / 2**30, device, to_load / 2**30)
+    return chosen
+
+
+def _recompute_patches(unet, mode: str) -> dict[str, _RecomputedForward]:
+    levels = RECOMPUTED_LEVELS[mode]
+    blocks = [("input", i, block) for i, block in enumerate(unet.input_blocks)]
+    blocks += [("middle", 0, unet.middle_block)]
+    blocks += [("output", i, block) for i, block in enumerate(unet.output_blocks)]
+    patches = {}
+    for kind, index, block in blocks:
+        if _level(kind, index) not in levels:
+            continue
+        layers = [layer for layer in block if not isinstance(layer, MotionModule)]  # the UNet without injections
+        for position, layer in enumerate(layers):
+            if mode != LOW and not isinstance(layer, (ResBlock, SpatialTransformer)):
+                continue
+            key = (MIDDLE_LAYER_FORWARD_KEY.format(layer=position) if kind == "middle"
+                   else BLOCK_LAYER_FORWARD_KEY.format(kind=kind, block=index, layer=position))
+            patches[key] = (_RecomputedTransformer if isinstance(layer, SpatialTransformer) else _RecomputedForward)(layer)
+    return patches
+
+
+def _level(kind: str, index: int) -> int | str:
+    """Resolution level of an SD1.5 block: input 0 (conv_in) and 1-3 are level 0, ...; output 0-2 are level 3."""
+    if kind == "middle":
+        return "middle"
+    if kind == "input":
+        return max(index - 1, 0) // 3
+    return 3 - index // 3
+
+
+def recomputed_motion_modules(motion_model: AnimateDiffMotionModel, mode: str) -> frozenset[str]:
+    """Names of the motion modules whose activations the gradient pass recomputes in `mode` (`RECOMPUTE_KEY`)."""
+    levels = RECOMPUTED_LEVELS[mode]
+    return frozenset(module.name for module in motion_model.modules_in_forward_order()
+                     if _level(*comfy_block_of(module.name)) in levels)
+
+
+def saved_for_backward_offload(mode: str, device: torch.device):
+    """Low mode on CUDA keeps what the backward needs (the checkpoints' inputs) in pinned CPU memory."""
+    if mode == LOW and device.type == "cuda":
+        return torch.autograd.graph.save_on_cpu(pin_memory=True)
+    return nullcontext()
 
 
 def _outer_sample(executor, *args, **kwargs):
@@ -339,17 +518,21 @@ def current_run(model_options: dict) -> SamplingRun:
     return run
 
 
-def with_capture(model_options: dict, capture: AttentionCapture, differentiable: bool = False) -> dict:
+def with_capture(model_options: dict, capture: AttentionCapture, differentiable: bool = False,
+                 recompute: frozenset[str] = frozenset()) -> dict:
     """A copy of `model_options` whose forwards record into `capture` (other entries shared).
 
     Cross-attention is recorded through `attn2` replace patches of the capture's `cross_blocks`, added to
     this copy only: forwards without a capture keep ComfyUI's own attention. `differentiable` forces spatial
-    attention to PyTorch's SDPA, for the gradient pass (sage or flash attention have no backward).
+    attention to PyTorch's SDPA, for the gradient pass (sage or flash attention have no backward). `recompute`
+    names the motion modules whose activations the gradient pass recomputes (`recomputed_motion_modules`).
     """
     options = dict(model_options)
     merged = {**model_options.get("transformer_options", {}), CAPTURE_KEY: capture}
     if differentiable:
         merged[ATTENTION_OVERRIDE_KEY] = _differentiable_attention
+    if recompute:
+        merged[RECOMPUTE_KEY] = recompute
     if capture.cross_blocks:
         replace = {kind: dict(patches) for kind, patches in merged.get("patches_replace", {}).items()}
         for kind, index in capture.cross_blocks:

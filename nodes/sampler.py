@@ -11,11 +11,19 @@ from comfy_api.latest import io, ui
 
 from ..motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
+from ..motionclone.memory import AUTO, MEMORY_MODES
 from ..motionclone.validation import require_finite
 from .checks import check_conditioning, check_number, checked_motion, family_warning, refuse_stacked_guidance
 from .guided_sampling import MotionGuidanceWrapper, motionclone_ksampler
 from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
-from .patching import GUIDANCE_KEY, apply_motion_guidance, motion_model_of, require_motion_model
+from .patching import (
+    GUIDANCE_KEY,
+    apply_motion_guidance,
+    motion_model_of,
+    require_motion_model,
+    resolve_memory_mode,
+    with_memory_mode,
+)
 from .types import MotionSocket, SemanticGuidanceSocket
 
 CFG_TOOLTIP = ("Classifier-free guidance in ComfyUI's convention: uncond + cfg * (cond - uncond). The official "
@@ -48,6 +56,23 @@ def _semantic_input() -> io.Input:
         "semantic_guidance", optional=True, tooltip="From 'MotionClone: Semantic Guidance': keeps the new subject "
         "where the reference subject moved (adds an unguided appearance video: about 2 more UNet passes per guided "
         "step). Unconnected: motion guidance only.")
+
+
+def _memory_input() -> io.Combo.Input:
+    return io.Combo.Input(
+        "memory_mode", options=list(MEMORY_MODES), default=AUTO, optional=True,
+        tooltip="Memory of the gradient pass of each guided step; the result is the same, bit for bit, in every mode. "
+        "fast: keeps every activation for the backward (quickest, most memory). balanced: recomputes the "
+        "latent- and half-resolution levels during the backward instead of keeping them (less than half the "
+        "memory, a little slower). low: recomputes every layer and, on a GPU, keeps the rest in CPU memory "
+        "(least memory, slowest). auto: the fastest mode that fits in the free memory for the MOTION's frames "
+        "and size (the choice is logged).")
+
+
+def _memory_mode(mode: str, model, motion) -> str:
+    """The concrete mode (auto resolved for the MOTION's frames and latent size)."""
+    meta = motion.metadata
+    return resolve_memory_mode(mode, model, meta.frames, meta.latent_height, meta.latent_width)
 
 
 def _schedule_inputs() -> list:
@@ -94,13 +119,15 @@ class MotionCloneSampler(io.ComfyNode):
                 _weight_input(),
                 *_ramp_inputs(),
                 _semantic_input(),
+                _memory_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The generated video latents (decode with VAE Decode).")],
         )
 
     @classmethod
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
-                motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None) -> io.NodeOutput:
+                motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None,
+                memory_mode=AUTO) -> io.NodeOutput:
         motion_model = require_motion_model(model)
         refuse_stacked_guidance(model)
         motion = checked_motion(motion)
@@ -117,10 +144,11 @@ class MotionCloneSampler(io.ComfyNode):
         check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
         log = GuidanceLog()
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
-        sampler = motionclone_ksampler(Guidance(motion, settings, semantic_guidance), log)
+        mode = _memory_mode(memory_mode, model, motion)
+        sampler = motionclone_ksampler(Guidance(motion, settings, semantic_guidance, mode), log)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
-        out = comfy.sample.sample_custom(model, noise, cfg, sampler, sigmas, positive, negative, samples,
+        out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative, samples,
                                          callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
         result = latent_image.copy()
         result["samples"] = out
@@ -176,17 +204,20 @@ class MotionCloneGuidance(io.ComfyNode):
                 _fraction_input(),
                 *_ramp_inputs(),
                 _semantic_input(),
+                _memory_input(),
             ],
             outputs=[io.Model.Output(tooltip="The MODEL with motion guidance; sample latents of the MOTION's size.")],
         )
 
     @classmethod
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
-                semantic_guidance=None) -> io.NodeOutput:
+                semantic_guidance=None, memory_mode=AUTO) -> io.NodeOutput:
         motion = checked_motion(motion)
         check_number(motion_weight, "motion_weight")
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
-        patched = apply_motion_guidance(model, MotionGuidanceWrapper(Guidance(motion, settings, semantic_guidance)))
+        mode = _memory_mode(memory_mode, model, motion)
+        guidance = Guidance(motion, settings, semantic_guidance, mode)
+        patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)
         warning = family_warning(motion_model_of(model), motion)
         text = [warning] if warning else []
         if model.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY):
