@@ -299,10 +299,11 @@ def _windowed_guided_step(state: GuidanceRun, run: SamplingRun, guider, x: torch
     def gradient(conds, x_window, sigma_window, loss):
         if with_prediction:
             prediction, _, grad = prediction_with_attention_gradient(
-                run, guider.inner_model, conds, x_window, sigma_window, options, guidance.blocks, loss, guidance.key_blocks)
+                run, guider.inner_model, conds, x_window, sigma_window, options, guidance.blocks, loss, guidance.key_blocks,
+                guidance.memory_mode)
             return prediction, grad
         _, grad = attention_loss_gradient(run, guider.inner_model, conds, x_window, sigma_window, options,
-                                          guidance.blocks, loss, guidance.key_blocks)
+                                          guidance.blocks, loss, guidance.key_blocks, guidance.memory_mode)
         return None, grad
 
     prediction, grad, losses = windowed_gradient(run, guider, x, sigma_in, options, settings, frame_windows, gradient,

@@ -19,6 +19,7 @@ from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
 from .patching import (
     GUIDANCE_KEY,
     apply_motion_guidance,
+    context_windows_of,
     motion_model_of,
     require_motion_model,
     resolve_memory_mode,
@@ -70,9 +71,14 @@ def _memory_input() -> io.Combo.Input:
 
 
 def _memory_mode(mode: str, model, motion) -> str:
-    """The concrete mode (auto resolved for the MOTION's frames and latent size)."""
+    """The concrete mode (auto resolved for the frames of one gradient pass and the MOTION's latent size).
+
+    Through context windows a gradient pass covers one window, so its memory is a window's, whatever the clip.
+    """
     meta = motion.metadata
-    return resolve_memory_mode(mode, model, meta.frames, meta.latent_height, meta.latent_width)
+    windows = context_windows_of(model.model_options)
+    frames = min(meta.frames, windows.length) if windows is not None else meta.frames
+    return resolve_memory_mode(mode, model, frames, meta.latent_height, meta.latent_width)
 
 
 def _schedule_inputs() -> list:

@@ -59,11 +59,19 @@ def _semantic_guidance_prompt(path, mode: str | None) -> dict:
     return prompt
 
 
+def _windowed_sampler_prompt(path, mode: str | None) -> dict:
+    """A 20-frame clip in context windows of 8 (overlap 2): each window's gradient pass runs in `mode`."""
+    from test_context_windows import with_frames, with_windows
+
+    return with_windows(with_frames(_sampler_prompt(path, mode), 20), length=8, overlap=2)
+
+
 PROMPTS = {
     "sampler": _sampler_prompt,
     "guidance + ksampler": _guidance_prompt,
     "sampler, semantic + subject masks": _semantic_sampler_prompt,
     "guidance + samplercustom, semantic + subject masks": _semantic_guidance_prompt,
+    "sampler, 20 frames in context windows": _windowed_sampler_prompt,
 }
 
 
