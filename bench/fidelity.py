@@ -10,7 +10,7 @@ colour and shape), for several seeds, and prints one row per method:
   (Cross-Attention Mask on the shape words) and Semantic Guidance into MotionClone Sampler (workflow 5);
 - Guidance + KSampler ddim / euler / dpmpp_2m: Extract Motion -> 'MotionClone: Guidance' -> stock KSampler
   (the graph of workflow 4);
-- "..., gradient every N": the same graph with `gradient_every` N (the gradient pass on every N-th guided
+- "... (gradient every N)": the same graph with `gradient_every` N (the gradient pass on every N-th guided
   step, reused in between).
 
 Measures per generated clip (the reference is the clip given to Extract Motion):
@@ -82,16 +82,16 @@ def cases(quick: bool = False) -> list[Case]:
 
 
 FIDELITY_MODE = "fidelity mode (inversion + masks + semantic)"
-REUSE = ", gradient every "
-ROWS = ("unguided", "MotionClone Sampler", f"MotionClone Sampler{REUSE}2", f"MotionClone Sampler{REUSE}3", FIDELITY_MODE,
-        "Guidance + KSampler ddim", f"Guidance + KSampler ddim{REUSE}2", f"Guidance + KSampler ddim{REUSE}3",
+REUSE = " (gradient every "
+ROWS = ("unguided", "MotionClone Sampler", f"MotionClone Sampler{REUSE}2)", f"MotionClone Sampler{REUSE}3)", FIDELITY_MODE,
+        "Guidance + KSampler ddim", f"Guidance + KSampler ddim{REUSE}2)", f"Guidance + KSampler ddim{REUSE}3)",
         "Guidance + KSampler euler", "Guidance + KSampler dpmpp_2m")
 
 
 def gradient_every(row: str) -> tuple[str, int]:
-    """("MotionClone Sampler, gradient every 2") -> ("MotionClone Sampler", 2); 1 for a row without reuse."""
+    """("MotionClone Sampler (gradient every 2)") -> ("MotionClone Sampler", 2); 1 for a row without reuse."""
     method, _, every = row.partition(REUSE)
-    return method, int(every) if every else 1
+    return method, int(every.rstrip(")")) if every else 1
 SEMANTIC_WEIGHT = 500.0
 
 
