@@ -225,7 +225,7 @@ class _StepLoss:
     def __call__(self, capture) -> torch.Tensor:
         return weighted_sum(self.terms(capture), self.plan)
 
-    def weighed_terms(self, capture) -> dict[str, torch.Tensor]:
+    def terms_to_keep(self, capture) -> dict[str, torch.Tensor]:
         """`terms` without those this step weighs 0 (their gradient would be wasted: a term's weight is 0 at
         every step of the band or at none)."""
         scales = {"motion": self.plan.motion_scale, "semantic": self.plan.semantic_scale}
@@ -291,7 +291,7 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
     positive = guider.conds["positive"]
     # With reuse the pass takes each unweighted loss's gradient, for later steps to weigh; without, the
     # gradient of the weighted loss, as the official code.
-    loss_fn = loss.weighed_terms if plan.gradient_every > 1 else loss
+    loss_fn = loss.terms_to_keep if plan.gradient_every > 1 else loss
     if with_prediction:
         prediction, _, grad = prediction_with_attention_gradient(
             run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss_fn, guidance.key_blocks)
