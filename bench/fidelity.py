@@ -9,7 +9,9 @@ colour and shape), for several seeds, and prints one row per method:
 - fidelity mode: DDIM inversion of the reference, Extract Motion from the inversion, subject masks
   (Cross-Attention Mask on the shape words) and Semantic Guidance into MotionClone Sampler (workflow 5);
 - Guidance + KSampler ddim / euler / dpmpp_2m: Extract Motion -> 'MotionClone: Guidance' -> stock KSampler
-  (the graph of workflow 4).
+  (the graph of workflow 4);
+- "... (gradient every N)": the same graph with `gradient_every` N (the gradient pass on every N-th guided
+  step, reused in between).
 
 Measures per generated clip (the reference is the clip given to Extract Motion):
 - motion fidelity: the DMT score of `motionclone.fidelity.motion_fidelity` (1 = same motion; 0 for a clip
@@ -80,8 +82,16 @@ def cases(quick: bool = False) -> list[Case]:
 
 
 FIDELITY_MODE = "fidelity mode (inversion + masks + semantic)"
-ROWS = ("unguided", "MotionClone Sampler", FIDELITY_MODE, "Guidance + KSampler ddim", "Guidance + KSampler euler",
-        "Guidance + KSampler dpmpp_2m")
+REUSE = " (gradient every "
+ROWS = ("unguided", "MotionClone Sampler", f"MotionClone Sampler{REUSE}2)", f"MotionClone Sampler{REUSE}3)", FIDELITY_MODE,
+        "Guidance + KSampler ddim", f"Guidance + KSampler ddim{REUSE}2)", f"Guidance + KSampler ddim{REUSE}3)",
+        "Guidance + KSampler euler", "Guidance + KSampler dpmpp_2m")
+
+
+def gradient_every(row: str) -> tuple[str, int]:
+    """("MotionClone Sampler (gradient every 2)") -> ("MotionClone Sampler", 2); 1 for a row without reuse."""
+    method, _, every = row.partition(REUSE)
+    return method, int(every.rstrip(")")) if every else 1
 SEMANTIC_WEIGHT = 500.0
 
 
@@ -110,6 +120,7 @@ def _build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, pre
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
     }
     ramp = max(1, guided_steps // 4)
+    row, every = gradient_every(row)
     if row == FIDELITY_MODE:
         return _fidelity_mode(graph, reference_clip, new_prompt, seed, steps, guided_steps, ramp)
     if row != "unguided":
@@ -131,12 +142,13 @@ def _build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, pre
         graph["sample"] = {"class_type": "MotionCloneSampler", "inputs": {
             **common, "model": ["apply", 0], "steps": steps, "guided_steps": guided_steps,
             "guided_fraction": GUIDED_FRACTION, "motion": ["extract", 0], "motion_weight": MOTION_WEIGHT,
-            "warm_up_steps": ramp, "cool_down_steps": ramp}}
+            "warm_up_steps": ramp, "cool_down_steps": ramp, "gradient_every": every}}
     else:
         sampler = row.rsplit(" ", 1)[1]
         graph["guidance"] = {"class_type": "MotionCloneGuidance", "inputs": {
             "model": ["apply", 0], "motion": ["extract", 0], "motion_weight": MOTION_WEIGHT,
-            "guided_fraction": GUIDED_FRACTION, "warm_up_steps": ramp, "cool_down_steps": ramp}}
+            "guided_fraction": GUIDED_FRACTION, "warm_up_steps": ramp, "cool_down_steps": ramp,
+            "gradient_every": every}}
         graph["sample"] = {"class_type": "KSampler", "inputs": {
             **common, "model": ["guidance", 0], "steps": steps, "sampler_name": sampler,
             "scheduler": "ddim_uniform" if sampler == "ddim" else "normal", "denoise": 1.0}}

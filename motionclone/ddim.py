@@ -60,9 +60,12 @@ StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
 @dataclass
 class GuidanceLog:
-    """Unweighted losses (e.g. "motion", "semantic") at the input of each guided step, filled by `sample_motionclone`."""
+    """Unweighted losses (e.g. "motion", "semantic") at the input of each guided step, filled by `sample_motionclone`;
+    `reused`, one flag per guided step (filled by the caller's `predict`), says which steps reused an earlier
+    step's gradient instead of running their own gradient pass."""
 
     series: dict[str, list[float]] = field(default_factory=dict)
+    reused: list[bool] = field(default_factory=list)
 
     def add(self, losses: Losses) -> None:
         for name, value in losses.items():

@@ -130,11 +130,22 @@ class GuidedStepPlan:
     guided_steps: int
     motion_scale: float
     semantic_scale: float
+    gradient_every: int = 1
 
     @property
     def guided(self) -> bool:
         """Whether the step takes a gradient; a step in the band with both weights 0 is sampled plainly."""
         return self.motion_scale + self.semantic_scale > 0
+
+    @property
+    def computes_gradient(self) -> bool:
+        """Whether a guided step runs its own gradient pass: every `gradient_every`-th of the band, from its
+        first; the steps between reuse the last one (docs/algorithm.md §7)."""
+        return self.index % self.gradient_every == 0
+
+    @property
+    def reuses_gradient(self) -> bool:
+        return self.guided and not self.computes_gradient
 
 
 @dataclass(frozen=True)
@@ -142,6 +153,7 @@ class GuidanceSettings:
     """The guidance a user set on a node: strength, guided band and ramps (docs/algorithm.md §4, §6).
 
     `semantic_weight` multiplies the semantic loss's own per-block weights: 1 when semantic guidance is on.
+    `gradient_every` n: the gradient pass runs on every n-th guided step and is reused in between (1 = all).
     """
 
     motion_weight: float
@@ -149,6 +161,14 @@ class GuidanceSettings:
     warm_up: int = 10
     cool_down: int = 10
     semantic_weight: float = 0.0
+    gradient_every: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.gradient_every, int) or self.gradient_every < 1:
+            raise MotionCloneError(
+                f"gradient_every must be a whole number of at least 1 (1 = a gradient pass at every guided step), "
+                f"got {self.gradient_every!r}."
+            )
 
     def plan(self, timesteps: Sequence[int], position: int) -> GuidedStepPlan | None:
         """The plan of step `position` of a schedule with these integer `timesteps` (one per step, descending).
@@ -164,4 +184,5 @@ class GuidanceSettings:
         index, guided_steps = sum(in_band[:position]), sum(in_band)
         weights = CombinedWeights(GuidanceRamp(self.motion_weight, guided_steps, self.warm_up, self.cool_down),
                                   self.semantic_weight)
-        return GuidedStepPlan(index, guided_steps, weights.motion.scale(index), weights.semantic_scale(index))
+        return GuidedStepPlan(index, guided_steps, weights.motion.scale(index), weights.semantic_scale(index),
+                              self.gradient_every)

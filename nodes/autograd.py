@@ -88,7 +88,8 @@ def attention_loss_gradient(
     inference mode. Arguments as in `capture_attention`.
 
     Returns:
-        `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`.
+        `(loss, grad)`: the detached scalar loss and `d loss / d x`, shaped and typed like `x`; dicts of both
+        by name when `loss_fn` returns a dict of losses.
     """
     capture = new_capture(run, blocks, stop_early=True, key_blocks=key_blocks)
     with gradient_recording():
@@ -100,11 +101,10 @@ def attention_loss_gradient(
             with saved_for_backward_offload(memory_mode, leaf.device):
                 _forward(inner_model, conds, leaf, sigma.detach().clone(), options)
             _check_captured(run, blocks, capture)
-            loss = loss_fn(capture)
-            (grad,) = torch.autograd.grad(loss, leaf)
+            loss, grad = _latent_gradient(loss_fn(capture), leaf)
         finally:
             capture.clear()  # frees the graph now, also in balanced / low mode (see AttentionCapture.clear)
-    return loss.detach(), grad.detach()
+    return loss, grad
 
 
 def prediction_with_attention_gradient(
@@ -121,7 +121,7 @@ def prediction_with_attention_gradient(
 
     Returns:
         `(denoised, loss, grad)`: the conditional clean estimate `(F, 4, h, w)`, the detached loss, and
-        the gradient shaped like `x`.
+        the gradient shaped like `x` (dicts of loss and gradient by name when `loss_fn` returns a dict).
     """
     guided_blocks = tuple(dict.fromkeys((*blocks, *key_blocks)))
     validate_block_names(guided_blocks, run.motion_model.has_mid_block)
@@ -136,11 +136,22 @@ def prediction_with_attention_gradient(
                 denoised = comfy.samplers.calc_cond_batch(inner_model, [conds], leaf, sigma.detach().clone(), options)[0]
             resume_gradient_recording()  # switched off after the last guided block
             _check_captured(run, blocks, capture)
-            loss = loss_fn(capture)
-            (grad,) = torch.autograd.grad(loss, leaf)
+            loss, grad = _latent_gradient(loss_fn(capture), leaf)
         finally:
             capture.clear()  # frees the graph now, also in balanced / low mode (see AttentionCapture.clear)
-    return denoised.detach(), loss.detach(), grad.detach()
+    return denoised.detach(), loss, grad
+
+
+def _latent_gradient(loss: torch.Tensor | dict[str, torch.Tensor], leaf: torch.Tensor):
+    """`(loss, d loss / d leaf)`, detached. A dict of losses gets a dict of gradients, one backward each over
+    the same graph (kept until the last): gradient reuse rescales each term by the weights of a later step."""
+    if isinstance(loss, torch.Tensor):
+        (grad,) = torch.autograd.grad(loss, leaf)
+        return loss.detach(), grad.detach()
+    grads, last = {}, len(loss) - 1
+    for position, (name, term) in enumerate(loss.items()):
+        (grads[name],) = torch.autograd.grad(term, leaf, retain_graph=position < last)
+    return {name: term.detach() for name, term in loss.items()}, {name: grad.detach() for name, grad in grads.items()}
 
 
 def _check_captured(run: SamplingRun, blocks: tuple[str, ...], capture: AttentionCapture) -> None:

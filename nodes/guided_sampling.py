@@ -98,6 +98,8 @@ def _motionclone_sampler(model, x, sigmas, extra_args=None, callback=None, disab
         sigma_in = sigmas[i] * s_in
         step = guided_step(guidance, run, guider, x, sigma_in, sigmas, i, options, with_prediction=True,
                            measure_unguided=True)
+        if step is not None and step.losses:
+            log.reused.append(step.reused)
         if step is None or step.grad is None:
             return model(x, sigma_in, **extra_args), None, step.losses if step is not None else None
         uncond_out = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], x, sigma_in, options)[0]

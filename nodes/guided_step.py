@@ -4,7 +4,8 @@
 for any sampler) differ only in how they apply a step's gradient to the latent. Everything else is decided
 here, once, by `guided_step`: whether an evaluation is a guided step, its weights (`GuidanceSettings.plan`:
 the guided band and the warm-up / cool-down ramps, docs/algorithm.md §6), the motion targets of its timestep,
-the semantic appearance branch, and the gradient pass (docs/algorithm.md §7).
+the semantic appearance branch, the gradient pass (docs/algorithm.md §7), and whether a step runs its own
+gradient pass or reuses the last one (`gradient_every`, docs/algorithm.md §7).
 
 Per-run state lives in one `GuidanceRun`, attached to the run's `SamplingRun` at the first guided step,
 validated there once, and dropped with the run.
@@ -62,10 +63,11 @@ class Guidance:
 
 
 def guidance_settings(motion_weight: float, guided_fraction: float, warm_up: int, cool_down: int,
-                      semantic: SemanticSettings | None) -> GuidanceSettings:
+                      semantic: SemanticSettings | None, gradient_every: int = 1) -> GuidanceSettings:
     """The settings both nodes build from their widgets: the semantic term is on when its bundle is active."""
     semantic_on = semantic is not None and semantic.active
-    return GuidanceSettings(motion_weight, guided_fraction, warm_up, cool_down, 1.0 if semantic_on else 0.0)
+    return GuidanceSettings(motion_weight, guided_fraction, warm_up, cool_down, 1.0 if semantic_on else 0.0,
+                            gradient_every)
 
 
 @dataclass
@@ -77,6 +79,31 @@ class MotionTargets:
     indices: dict[str, torch.Tensor]
 
 
+def weighted_sum(terms: dict[str, torch.Tensor], plan: GuidedStepPlan) -> torch.Tensor:
+    """`motion_scale * terms["motion"] + semantic_scale * terms["semantic"]` over the terms present: a step's
+    weighted loss from its unweighted losses, or its gradient from the unweighted losses' gradients."""
+    total = None
+    for name, scale in (("motion", plan.motion_scale), ("semantic", plan.semantic_scale)):
+        if name in terms:
+            term = scale * terms[name]
+            total = term if total is None else total + term
+    return total
+
+
+@dataclass
+class ReusableGradient:
+    """The last gradient pass of a run with `gradient_every` > 1, kept for the guided steps after it.
+
+    `terms`: "motion" -> d L_motion / dx and (with semantic guidance) "semantic" -> d L_semantic / dx, each
+    shaped like the latent `(F, 4, h, w)`, before any step weight (the semantic loss's block weights are
+    part of the loss); a step applies its own weights with `weighted_sum` (docs/algorithm.md §7).
+    `index`: the guided step (of the band) that computed them.
+    """
+
+    index: int
+    terms: dict[str, torch.Tensor]
+
+
 @dataclass
 class GuidanceRun:
     """State of one `Guidance` during one sampling run: made and validated at its first guided step."""
@@ -85,6 +112,7 @@ class GuidanceRun:
     motion_model: AnimateDiffMotionModel
     targets: MotionTargets | None = None
     appearance: AppearanceBranch | None = None
+    reusable: ReusableGradient | None = None
 
     def motion_targets(self, timestep: int, device: torch.device, window: int | None = None) -> tuple[dict, dict]:
         """`representation.to_device(device, timestep)`, remade only when the entry changes (one kept).
@@ -197,17 +225,28 @@ class _StepLoss:
         self.state, self.motion_targets, self.appearance, self.plan, self.frames = state, motion_targets, appearance, plan, frames
         self.losses: dict[str, torch.Tensor] = {}
 
-    def __call__(self, capture) -> torch.Tensor:
+    def terms(self, capture) -> dict[str, torch.Tensor]:
+        """The losses before this step's weights: "motion", and "semantic" (its block weights applied) when
+        semantic guidance weighs anything."""
         motion = motion_loss(capture.probs, *self.motion_targets)
         self.losses["motion"] = motion.detach()
-        total = self.plan.motion_scale * motion
+        terms = {"motion": motion}
         if self.appearance is not None:
             semantic = self.state.guidance.semantic
             weighted, reported = semantic_losses(capture, self.appearance, semantic, self.state.motion_model, self.frames)
             self.losses["semantic"] = reported.detach()
             if weighted is not None:
-                total = total + self.plan.semantic_scale * weighted
-        return total
+                terms["semantic"] = weighted
+        return terms
+
+    def __call__(self, capture) -> torch.Tensor:
+        return weighted_sum(self.terms(capture), self.plan)
+
+    def terms_to_keep(self, capture) -> dict[str, torch.Tensor]:
+        """`terms` without those this step weighs 0 (their gradient would be wasted: a term's weight is 0 at
+        every step of the band or at none)."""
+        scales = {"motion": self.plan.motion_scale, "semantic": self.plan.semantic_scale}
+        return {name: term for name, term in self.terms(capture).items() if scales[name] > 0}
 
 
 @dataclass
@@ -215,13 +254,15 @@ class GuidedStep:
     """What `guided_step` found for one evaluation in the guided band.
 
     `grad` is d(weighted loss)/dx, shaped like x, or None when both weights are 0 (a plain step);
-    `prediction` the conditional clean estimate of the same forward, when asked for.
+    `prediction` the conditional clean estimate of the same forward, when asked for. `reused`: no gradient
+    pass ran; `grad` is the last pass's gradient under this step's weights.
     """
 
     plan: GuidedStepPlan
     losses: dict[str, torch.Tensor]
     grad: torch.Tensor | None = None
     prediction: torch.Tensor | None = None
+    reused: bool = False
 
 
 def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, sigma_in: torch.Tensor,
@@ -237,6 +278,10 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
         measure_unguided: for a step in the band with both weights 0, measure the unweighted losses without
             gradients (the sampler reports them for A/B comparison).
 
+    With `gradient_every` n > 1 only every n-th guided step runs the gradient pass; it keeps the gradient
+    of each unweighted loss in the run's `GuidanceRun.reusable`, and the steps in between apply this
+    step's weights to it, without a gradient pass (docs/algorithm.md §7).
+
     Returns:
         None outside the guided band; otherwise a `GuidedStep` (with `grad` None when the step is not guided).
     """
@@ -249,6 +294,11 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
     state = guidance_run(run, guidance, guider, x)
     windows = active_windows(options, x.shape[0])
     if windows is not None:
+        if plan.gradient_every > 1:
+            raise MotionCloneError(
+                f"gradient_every is {plan.gradient_every}, but gradient reuse is not available through 'MotionClone: "
+                "Context Windows' (a clip longer than one window). Set gradient_every to 1 on the sampler or Guidance "
+                "node, or sample a clip no longer than one window.")
         return _windowed_guided_step(state, run, guider, x, sigma_in, timesteps[position], plan, options, windows,
                                      with_prediction)
     sigma, sigma_next = schedule[position], schedule[position + 1]
@@ -262,15 +312,23 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
         capture_forward(guider.inner_model, guider.conds["positive"], x, sigma_in, options, capture)
         loss(capture)
         return GuidedStep(plan, loss.losses)
+    if plan.reuses_gradient and state.reusable is not None:
+        return _reusing_step(state, run, guider, x, sigma_in, options, loss, with_prediction)
     positive = guider.conds["positive"]
+    # With reuse the pass takes each unweighted loss's gradient, for later steps to weigh; without, the
+    # gradient of the weighted loss, as the official code.
+    loss_fn = loss.terms_to_keep if plan.gradient_every > 1 else loss
     if with_prediction:
         prediction, _, grad = prediction_with_attention_gradient(
-            run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss, guidance.key_blocks,
+            run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss_fn, guidance.key_blocks,
             guidance.memory_mode)
     else:
         prediction = None
-        _, grad = attention_loss_gradient(run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks, loss,
-                                          guidance.key_blocks, guidance.memory_mode)
+        _, grad = attention_loss_gradient(run, guider.inner_model, positive, x, sigma_in, options, guidance.blocks,
+                                          loss_fn, guidance.key_blocks, guidance.memory_mode)
+    if plan.gradient_every > 1:
+        state.reusable = ReusableGradient(plan.index, grad)
+        grad = weighted_sum(grad, plan)
     if not torch.isfinite(grad).all():
         require_finite(x, f"The latent at guided step {plan.index + 1}", "The sampling diverged: lower motion_weight.")
         raise MotionCloneError(
@@ -319,6 +377,19 @@ def _require_finite_gradient(grad: torch.Tensor, x: torch.Tensor, plan: GuidedSt
             "The motion-guidance gradient is not finite although its inputs are (a numeric overflow, usually fp16). "
             "Lower motion_weight, or run the model in fp32 (ComfyUI's --force-fp32)."
         )
+
+
+def _reusing_step(state: GuidanceRun, run: SamplingRun, guider, x: torch.Tensor, sigma_in: torch.Tensor, options: dict,
+                  loss: _StepLoss, with_prediction: bool) -> GuidedStep:
+    """A guided step between two gradient passes: the kept gradients under this step's weights. The sampler's
+    conditional prediction comes from one forward without gradients, which also measures the step's losses."""
+    prediction = None
+    if with_prediction:
+        guidance = state.guidance
+        capture = new_capture(run, guidance.blocks, stop_early=False, key_blocks=guidance.key_blocks)
+        prediction = capture_forward(guider.inner_model, guider.conds["positive"], x, sigma_in, options, capture)
+        loss.terms(capture)
+    return GuidedStep(loss.plan, loss.losses, weighted_sum(state.reusable.terms, loss.plan), prediction, reused=True)
 
 
 def schedule_position(schedule: torch.Tensor | None, sigma: torch.Tensor) -> int | None:

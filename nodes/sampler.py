@@ -81,6 +81,16 @@ def _memory_mode(mode: str, model, motion) -> str:
     return resolve_memory_mode(mode, model, frames, meta.latent_height, meta.latent_width)
 
 
+def _gradient_every_input() -> io.Input:
+    return io.Int.Input(
+        "gradient_every", default=1, min=1, max=100, optional=True,
+        tooltip="Run the gradient pass on every n-th guided step only and reuse its gradient, under each step's "
+        "own weights, on the steps in between (as FastVMT does for video motion transfer). 1 = a gradient pass "
+        "at every guided step (the official algorithm). Measured on the toy world (8 guided steps), motion "
+        "fidelity at n = 1 / 2 / 3: 0.38 / 0.25 / 0.15 with MotionClone Sampler, 0.44 / 0.34 / 0.21 with "
+        "Guidance + KSampler ddim, for 0.9-0.97x the sampling time at n = 2 and 3.")
+
+
 def _schedule_inputs() -> list:
     return [
         io.Int.Input("steps", default=100, min=1, max=1000,
@@ -126,6 +136,7 @@ class MotionCloneSampler(io.ComfyNode):
                 *_ramp_inputs(),
                 _semantic_input(),
                 _memory_input(),
+                _gradient_every_input(),
             ],
             outputs=[io.Latent.Output(tooltip="The generated video latents (decode with VAE Decode).")],
         )
@@ -133,7 +144,7 @@ class MotionCloneSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
                 motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None,
-                memory_mode=AUTO) -> io.NodeOutput:
+                memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
         motion_model = require_motion_model(model)
         refuse_stacked_guidance(model)
         motion = checked_motion(motion)
@@ -149,7 +160,8 @@ class MotionCloneSampler(io.ComfyNode):
         sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
         check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
         log = GuidanceLog()
-        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
+        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
+                                     gradient_every)
         mode = _memory_mode(memory_mode, model, motion)
         sampler = motionclone_ksampler(Guidance(motion, settings, semantic_guidance, mode), log)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
@@ -162,8 +174,11 @@ class MotionCloneSampler(io.ComfyNode):
         summary.append(_loss_summary("Motion", log.of("motion"), motion_weight > 0))
         if semantic_guidance is not None:
             summary.append(_loss_summary("Semantic", log.of("semantic"), settings.semantic_weight > 0))
+        if any(log.reused):
+            summary.append(f"Gradient passes at {log.reused.count(False)} of {len(log.reused)} guided steps "
+                           f"(gradient_every {gradient_every}); the others reused the last one.")
         return io.NodeOutput(result, ui={"text": ["\n".join(summary)], "motion_loss": log.of("motion"),
-                                         "semantic_loss": log.of("semantic")})
+                                         "semantic_loss": log.of("semantic"), "gradient_reused": log.reused})
 
 
 def _loss_summary(name: str, losses: list[float], guided: bool) -> str:
@@ -211,16 +226,18 @@ class MotionCloneGuidance(io.ComfyNode):
                 *_ramp_inputs(),
                 _semantic_input(),
                 _memory_input(),
+                _gradient_every_input(),
             ],
             outputs=[io.Model.Output(tooltip="The MODEL with motion guidance; sample latents of the MOTION's size.")],
         )
 
     @classmethod
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
-                semantic_guidance=None, memory_mode=AUTO) -> io.NodeOutput:
+                semantic_guidance=None, memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
         motion = checked_motion(motion)
         check_number(motion_weight, "motion_weight")
-        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance)
+        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
+                                     gradient_every)
         mode = _memory_mode(memory_mode, model, motion)
         guidance = Guidance(motion, settings, semantic_guidance, mode)
         patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)

@@ -58,7 +58,7 @@ def graph_specs():
         (9, "MotionCloneSampler", [1140, 120], [340, 330],
          [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("guided_steps", GUIDED_STEPS),
           ("guided_fraction", GUIDED_FRACTION), ("cfg", CFG), ("motion_weight", WEIGHT), ("warm_up_steps", RAMP),
-          ("cool_down_steps", RAMP), ("memory_mode", "auto")],
+          ("cool_down_steps", RAMP), ("memory_mode", "auto"), ("gradient_every", 1)],
          [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
           ("motion", "MOTIONCLONE_MOTION")], [("LATENT", "LATENT")]),
         (10, "KSampler", [1140, 500], [340, 262], [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("cfg", CFG), ("sampler_name", "ddim"),

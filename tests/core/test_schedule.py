@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from motionclone import GuidanceRamp, MotionCloneError, motionclone_timesteps, resolve_guided_steps
+from motionclone import GuidanceRamp, GuidanceSettings, MotionCloneError, motionclone_timesteps, resolve_guided_steps
 
 
 @pytest.mark.parametrize("steps, guided, fraction, guided_head, guided_tail, plain_head, plain_tail", [
@@ -61,3 +61,26 @@ def test_ramp_overlapping_warm_up_and_cool_down_multiply():
 def test_ramp_without_warm_up_or_cool_down_is_flat():
     ramp = GuidanceRamp(weight=3.0, guided_steps=5, warm_up=0, cool_down=0)
     assert [ramp.scale(i) for i in range(5)] == [3.0] * 5
+
+
+@pytest.mark.parametrize("every, computing", [(1, [0, 1, 2, 3, 4]), (2, [0, 2, 4]), (3, [0, 3]), (7, [0])])
+def test_gradient_every_plans_a_gradient_pass_on_every_nth_guided_step_of_the_band(every, computing):
+    timesteps = [999, 950, 900, 850, 800, 650, 300, 0]  # the band t >= 700 holds the first 5
+    plans = [GuidanceSettings(100.0, 0.3, warm_up=2, cool_down=2, gradient_every=every).plan(timesteps, i) for i in range(8)]
+    band = plans[:5]
+    assert plans[5:] == [None] * 3
+    assert [p.index for p in band if p.computes_gradient] == computing
+    assert [p.index for p in band if p.reuses_gradient] == [i for i in range(5) if i not in computing]
+    # The weights are each step's own, reused or not: warm-up 0.5 on step 0, cool-down 0.5 on step 4.
+    assert [p.motion_scale for p in band] == [50.0, 100.0, 100.0, 100.0, 50.0]
+
+
+def test_a_band_with_weight_zero_reuses_nothing():
+    plans = [GuidanceSettings(0.0, 0.3, gradient_every=2).plan([999, 900, 800], i) for i in range(3)]
+    assert not any(p.reuses_gradient for p in plans) and [p.computes_gradient for p in plans] == [True, False, True]
+
+
+@pytest.mark.parametrize("every", [0, -1, 1.5])
+def test_gradient_every_below_one_or_fractional_is_refused(every):
+    with pytest.raises(MotionCloneError, match="gradient_every must be a whole number of at least 1"):
+        GuidanceSettings(100.0, 0.3, gradient_every=every)

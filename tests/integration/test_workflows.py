@@ -66,7 +66,7 @@ def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
     frames_node = next(node for node in workflow["nodes"] if node["type"] == "MotionCloneSelectFrames")
     cases = {
         "stale widgets": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].pop()),
-                          "(MotionCloneSampler): 9 widget values for 10 widgets (seed, control_after_generate, steps"),
+                          "(MotionCloneSampler): 10 widget values for 11 widgets (seed, control_after_generate, steps"),
         "out of range": (_broken(workflow, "MotionCloneExtractMotion", lambda n, w: n["widgets_values"].__setitem__(3, 1000)),
                          "(MotionCloneExtractMotion): widget 'timestep' = 1000 is above the maximum 999"),
         "not in list": (_broken(workflow, "MotionCloneExtractMotion", lambda n, w: n["widgets_values"].__setitem__(5, "up_blocks.3")),
