@@ -58,6 +58,11 @@ CARDS = {
         [[("clip", "reference clip")], [("mc", "DDIM Inversion"), ("mc", "Extract Motion")],
          [("mc", "subject masks"), ("mc", "Semantic Guidance")], [("mc", "Sampler"), ("out", "WebP")]],
         "inversion 50 · 300 steps, 180 guided"),
+    "6-long-video-48-frames": (
+        ["Long video,", "48 frames"], "speed",
+        [[("clip", "reference clip, 6 s")], [("mc", "Context Windows 16 / 4")],
+         [("mc", "Extract Motion"), ("mc", "Sampler")], [("out", "48 frames → MP4")]],
+        "4 windows of 16 · 100 steps, 50 guided"),
 }
 
 

@@ -30,8 +30,8 @@ def _fetch(server, path: str) -> tuple[int, str, bytes]:
 def test_the_listing_holds_every_workflow_once_in_the_folder_order(server):
     listed = server.get("/workflow_templates")[PACK_FOLDER_NAME]
     assert sorted(listed) == sorted(WORKFLOWS) and len(listed) == len(set(listed))
-    # ComfyUI 0.3.64 and 0.8.0 list in the order the file system returns (on ext4 a hash order, not 1 to
-    # 5), which is why the names carry their number (see the README); a ComfyUI that sorts lists 1 to 5.
+    # ComfyUI 0.3.64 and 0.8.0 list in the order the file system returns (on ext4 a hash order, not 0 to
+    # 6), which is why the names carry their number (see the README); a ComfyUI that sorts lists 0 to 6.
     folder_order = [entry.name[:-5] for entry in os.scandir(WORKFLOWS_DIR) if entry.name.endswith(".json")]
     assert listed in (folder_order, sorted(WORKFLOWS))
 

@@ -14,10 +14,9 @@ import re
 import pytest
 
 from comfy_server import PACK_FOLDER_NAME
-from model_files import CLIP_FPS
-from prompts import FRAMES
-from workflows import (CPU_OVERRIDES, CPU_READY_WORKFLOWS, FRONTEND_ONLY_NODES, cpu_overrides_for, load_workflow,
-                       named_widget_values, to_api_prompt, validate_workflow, with_cpu_overrides, workflow_paths)
+from workflows import (CPU_OVERRIDES, CPU_READY_WORKFLOWS, FRONTEND_ONLY_NODES, WINDOWED_CPU_OVERRIDES,
+                       cpu_overrides_for, load_workflow, named_widget_values, to_api_prompt, uses_context_windows,
+                       validate_workflow, with_cpu_overrides, workflow_paths)
 
 OUTPUT_SIZE = (CPU_OVERRIDES["width"], CPU_OVERRIDES["height"])
 
@@ -35,6 +34,12 @@ OFFICIAL = {
     ("MotionCloneSelectFrames", "frames"): {16}, ("MotionCloneSelectFrames", "mode"): {"span"},
     ("MotionCloneSelectFrames", "span_seconds"): {2.0}, ("MotionCloneSelectFrames", "start_seconds"): {0.0},
 }
+# Long-video workflows ('MotionClone: Context Windows') choose their frame count; the rest stays official, and
+# the windows are the trained length: 16 frames, overlap 4.
+FRAME_COUNT_SETTINGS = {("EmptyLatentImage", "batch_size"), ("MotionCloneSelectFrames", "frames"),
+                        ("MotionCloneSelectFrames", "span_seconds")}
+WINDOWS = {("MotionCloneContextWindows", "length"): {16}, ("MotionCloneContextWindows", "overlap"): {4}}
+OFFICIAL_FPS = 8.0  # Select Frames' frames over span_seconds: the rate the official 16 frames over 2 s play at
 VIDEO_SAVERS = {"CreateVideo", "SaveAnimatedWEBP"}  # the nodes whose fps sets the saved video's playback rate
 OFFICIAL_SCHEDULES = {(100, 50, 0.3), (300, 180, 0.4)}  # t2v_camera, t2v_object (v2): steps, guided steps, fraction
 
@@ -43,9 +48,9 @@ WORKFLOWS = workflow_paths()
 OFFICIAL_WORKFLOWS = {name: path for name, path in WORKFLOWS.items() if name not in CPU_READY_WORKFLOWS}
 
 
-def test_the_four_issue_workflows_are_there():
+def test_the_issue_workflows_are_there():
     assert {"1-camera-motion-clone", "2-object-motion-with-lora", "3-save-and-reuse-motion",
-            "4-guidance-stock-ksampler"} <= set(WORKFLOWS)
+            "4-guidance-stock-ksampler", "6-long-video-48-frames"} <= set(WORKFLOWS)
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -89,13 +94,16 @@ def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
 def test_workflow_keeps_the_official_settings_and_explains_itself(object_info, name):
     workflow = load_workflow(WORKFLOWS[name])
     nodes = [node for node in workflow["nodes"] if node["type"] not in FRONTEND_ONLY_NODES]
+    official = dict(OFFICIAL)
+    if uses_context_windows(workflow):
+        official = {key: allowed for key, allowed in official.items() if key not in FRAME_COUNT_SETTINGS} | WINDOWS
     seeds = {node["id"]: named_widget_values(node, object_info)["seed"] for node in nodes
              if node["type"] in ("MotionCloneExtractMotion", "MotionCloneSampler", "KSampler")}
     assert len(set(seeds.values())) <= 1, f"{name}: extraction and sampling seeds differ (the official code uses one): {seeds}"
     for node in nodes:
         values = named_widget_values(node, object_info)
         for widget, value in values.items():
-            allowed = OFFICIAL.get((node["type"], widget))
+            allowed = official.get((node["type"], widget))
             assert allowed is None or value in allowed, f"{name}: node {node['id']} {node['type']}.{widget} = {value!r}, official {allowed}"
         if node["type"] == "MotionCloneSampler":
             schedule = (values["steps"], values["guided_steps"], values["guided_fraction"])
@@ -106,7 +114,8 @@ def test_workflow_keeps_the_official_settings_and_explains_itself(object_info, n
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
-    prompt = with_cpu_overrides(to_api_prompt(load_workflow(WORKFLOWS[name]), object_info), cpu_overrides_for(name))
+    overrides = cpu_overrides_for(name)
+    prompt = with_cpu_overrides(to_api_prompt(load_workflow(WORKFLOWS[name]), object_info), overrides)
     log_start = len(server.log())
     entry = server.run(prompt, timeout=600)
     output_nodes = {node_id for node_id, node in prompt.items() if object_info[node["class_type"]]["output_node"]}
@@ -114,12 +123,46 @@ def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
     media = [item for outputs in entry["outputs"].values() for item in outputs.get("images", []) if item.get("type") == "output"]
     assert media, "the workflow saved no video or animated image"
     for item in media if name not in CPU_READY_WORKFLOWS else ():  # the demo's output: test_toy_demo.py
-        # Select Frames keeps the whole test clip, so its fps output is the clip's rate
+        # Select Frames keeps `frames` frames over `span_seconds` (the whole test clip), and its fps output is their
+        # rate (the clip's own rate with CPU_OVERRIDES, which keep all its frames)
         path = server.base / "output" / item["subfolder"] / item["filename"]
-        assert _frames_size_and_rate(path) == (FRAMES, OUTPUT_SIZE, CLIP_FPS), path.name
+        expected = (overrides["frames"], OUTPUT_SIZE, overrides["frames"] / overrides["span_seconds"])
+        assert _frames_size_and_rate(path) == expected, path.name
     log = server.log()[log_start:]
+    if uses_context_windows(load_workflow(WORKFLOWS[name])):  # windows of 4 of its 10 frames: 0-3, 3-6, 6-9
+        assert f"Extracted motion: {overrides['frames']} frames, 3 windows of {overrides['length']} frames" in log, \
+            "the CPU run did not read the reference in several windows"
     assert "lora key not loaded" not in log, "a LoRA of MODEL_FILES does not match the checkpoint's layers"
     assert not re.search(r"clip missing|unet missing|Missing VAE keys|left over keys", log), "a checkpoint of MODEL_FILES lacks or adds keys"
+
+
+WINDOWED_MODEL_USERS = {"MotionCloneExtractMotion", "MotionCloneDDIMInversion", "MotionCloneSampler",
+                        "MotionCloneGuidance", "KSampler"}
+
+
+@pytest.mark.parametrize("name", [name for name, path in WORKFLOWS.items() if uses_context_windows(load_workflow(path))])
+def test_one_context_windows_node_feeds_extraction_and_sampling(object_info, name):
+    """The same windows for reading the motion and guiding with it (a MOTION of other windows is refused), and
+    more frames than one window, at real speed."""
+    workflow = load_workflow(WORKFLOWS[name])
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    (context,) = [node for node in nodes.values() if node["type"] == "MotionCloneContextWindows"]
+    (feed,) = [links[socket["link"]] for socket in context["inputs"] if socket["name"] == "model"]
+    assert nodes[feed[1]]["type"] == "MotionCloneApplyAnimateDiff", f"{name}: Context Windows is not fed by Apply AnimateDiff"
+    users = [node for node in nodes.values() if node["type"] in WINDOWED_MODEL_USERS]
+    assert {"MotionCloneExtractMotion", "MotionCloneSampler"} <= {node["type"] for node in users}
+    for node in users:
+        (model,) = [links[socket["link"]] for socket in node["inputs"] if socket["name"] == "model"]
+        assert model[1] == context["id"], f"{name}: node {node['id']} ({node['type']}) takes its MODEL from node {model[1]}"
+
+    (selector,) = [node for node in nodes.values() if node["type"] == "MotionCloneSelectFrames"]
+    (latent,) = [node for node in nodes.values() if node["type"] == "EmptyLatentImage"]
+    frames = named_widget_values(selector, object_info)
+    windows = named_widget_values(context, object_info)
+    assert frames["frames"] == named_widget_values(latent, object_info)["batch_size"] > windows["length"]
+    assert frames["frames"] / frames["span_seconds"] == OFFICIAL_FPS
+    assert WINDOWED_CPU_OVERRIDES["frames"] > WINDOWED_CPU_OVERRIDES["length"]  # the CPU run has windows too
 
 
 def _frames_size_and_rate(path) -> tuple[int, tuple[int, int], float]:

@@ -194,9 +194,24 @@ def to_api_prompt(workflow: dict, object_info: dict) -> dict:
     return prompt
 
 
+# A workflow with 'MotionClone: Context Windows' shrinks its windows too, and keeps more frames than one of
+# them, so that its CPU run really reads and guides several windows (3: frames 0-3, 3-6 and 6-9) instead of
+# processing its few frames whole. The reference clip has fewer frames (FRAMES), so Select Frames repeats some,
+# over a span whose last frame is still in the clip.
+WINDOWED_CPU_OVERRIDES = {**CPU_OVERRIDES, "frames": 10, "batch_size": 10, "span_seconds": 0.4, "length": 4, "overlap": 1}
+
+
+def uses_context_windows(workflow: dict) -> bool:
+    return any(node["type"] == "MotionCloneContextWindows" for node in workflow["nodes"])
+
+
 def cpu_overrides_for(workflow_name: str) -> dict:
     """The widget values a CPU run of this workflow replaces: none for a CPU-ready one."""
-    return {} if workflow_name in CPU_READY_WORKFLOWS else CPU_OVERRIDES
+    if workflow_name in CPU_READY_WORKFLOWS:
+        return {}
+    if uses_context_windows(load_workflow(WORKFLOWS_DIR / f"{workflow_name}.json")):
+        return WINDOWED_CPU_OVERRIDES
+    return CPU_OVERRIDES
 
 
 def with_cpu_overrides(prompt: dict, overrides: dict = CPU_OVERRIDES) -> dict:
