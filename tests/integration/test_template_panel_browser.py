@@ -48,13 +48,20 @@ def panel(server):
         page.wait_for_function("() => document.querySelector('.p-blockui-mask') === null", timeout=30_000)
         page.get_by_role("button", name="Templates").first.click()
         page.get_by_text(PACK_FOLDER_NAME, exact=True).first.click(timeout=30_000)
-        page.wait_for_function(f"(count) => ({CARDS})().length === count && ({CARDS})().every((card) => card.image > 0)",
-                               arg=len(workflow_paths()), timeout=30_000)
+        page.wait_for_function(f"(count) => ({CARDS})().length === count", arg=len(workflow_paths()), timeout=30_000)
+        # Frontend 1.27 shows a card's image only while the card is in view (and drops it again when scrolled
+        # away; 7 cards overflow its dialog), so each card is read once scrolled into view and its image loaded.
+        cards, seen = page.locator('[data-testid^="template-workflow-"]'), []
+        for index in range(cards.count()):
+            cards.nth(index).scroll_into_view_if_needed()
+            page.wait_for_function(f"(index) => ({CARDS})()[index].image > 0", arg=index, timeout=30_000)
+            seen.append(page.evaluate(CARDS)[index])
+        cards.first.scroll_into_view_if_needed()
         version = server.get("/system_stats")["system"]["comfyui_version"]
         screenshot = ARTIFACTS / f"comfyui-{version}" / "template_panel.png"
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(screenshot))
-        yield page.evaluate(CARDS)
+        yield seen
         browser.close()
 
 
