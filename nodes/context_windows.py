@@ -172,9 +172,8 @@ def read_windows(run: SamplingRun, guider, x: torch.Tensor, sigma: torch.Tensor,
     return kept
 
 
-def windowed_gradient(run: SamplingRun, guider, x: torch.Tensor, sigma: torch.Tensor, options: dict,
-                      settings: ContextWindows, windows: list[torch.Tensor], gradient: Callable, loss_for: Callable,
-                      with_prediction: bool) -> tuple[torch.Tensor | None, torch.Tensor, list[dict]]:
+def windowed_gradient(guider, x: torch.Tensor, sigma: torch.Tensor, settings: ContextWindows,
+                      windows: list[torch.Tensor], gradient: Callable, loss_for: Callable, with_prediction: bool) -> tuple[torch.Tensor | None, torch.Tensor, list[dict]]:
     """The guided step's gradient pass, window by window, fused (docs/algorithm.md, long videos).
 
     Args:

@@ -329,12 +329,7 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
     if plan.gradient_every > 1:
         state.reusable = ReusableGradient(plan.index, grad)
         grad = weighted_sum(grad, plan)
-    if not torch.isfinite(grad).all():
-        require_finite(x, f"The latent at guided step {plan.index + 1}", "The sampling diverged: lower motion_weight.")
-        raise MotionCloneError(
-            "The motion-guidance gradient is not finite although its inputs are (a numeric overflow, usually fp16). "
-            "Lower motion_weight, or run the model in fp32 (ComfyUI's --force-fp32)."
-        )
+    _require_finite_gradient(grad, x, plan)
     return GuidedStep(plan, loss.losses, grad, prediction)
 
 
@@ -364,8 +359,8 @@ def _windowed_guided_step(state: GuidanceRun, run: SamplingRun, guider, x: torch
                                           guidance.blocks, loss, guidance.key_blocks, guidance.memory_mode)
         return None, grad
 
-    prediction, grad, losses = windowed_gradient(run, guider, x, sigma_in, options, settings, frame_windows, gradient,
-                                                 loss_for, with_prediction)
+    prediction, grad, losses = windowed_gradient(guider, x, sigma_in, settings, frame_windows, gradient, loss_for,
+                                                 with_prediction)
     _require_finite_gradient(grad, x, plan)
     return GuidedStep(plan, mean_losses(losses), grad, prediction)
 
