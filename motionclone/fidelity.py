@@ -10,6 +10,8 @@ the surviving tracks are compared:
   the symmetric average are reported too.
 - `camera_fidelity`: the global (median) motion per frame step of each clip, compared by cosine, and
   the ratio of their mean magnitudes.
+- `segmented_fidelity`: either score over overlapping segments of a long clip, each tracked with a fresh
+  grid, averaged: tracks rarely survive 40+ frames, so the whole-clip score would measure track loss.
 
 Pure numpy/torch + OpenCV (imported on first use, so the pack loads without it). Never imports ComfyUI.
 """
@@ -198,6 +200,76 @@ def camera_fidelity(reference: torch.Tensor, generated: torch.Tensor, grid_size:
     else:
         ratio = gen_speed / ref_speed
     return CameraResult(cosine, ratio, ref_motion, gen_motion, reference_tracks, generated_tracks)
+
+
+@dataclass(frozen=True)
+class SegmentedResult:
+    """`score`: the mean of `scores`, one per segment `(start, stop)` of `segments` (frames start..stop-1),
+    each the segment's `motion_fidelity` score or `camera_fidelity` cosine; `first` the full result of
+    `first_segment`, the first segment tracked in both clips (its tracks are what the node plots)."""
+
+    score: float
+    segments: tuple[tuple[int, int], ...]
+    scores: tuple[float, ...]
+    first: FidelityResult | CameraResult
+    first_segment: tuple[int, int]
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{start}-{stop - 1}: {score:.3f}" for (start, stop), score in zip(self.segments, self.scores))
+        return (f"mean over {len(self.segments)} segments of {self.segments[0][1] - self.segments[0][0]} frames "
+                f"{self.score:.3f} (frames {parts}); first tracked segment: {self.first.describe()}")
+
+
+def segments_of(frames: int, length: int) -> list[tuple[int, int]]:
+    """`(start, stop)` of overlapping segments of `length` frames covering `frames` frames: stride
+    `length // 2`, the last one ending at the last frame; `[(0, frames)]` when `frames <= length`."""
+    if frames <= length:
+        return [(0, frames)]
+    stride = max(1, length // 2)
+    starts = list(range(0, frames - length + 1, stride))
+    if starts[-1] + length < frames:
+        starts.append(frames - length)
+    return [(start, start + length) for start in starts]
+
+
+def segmented_fidelity(reference: torch.Tensor, generated: torch.Tensor, segment_frames: int, grid_size: int = 16,
+                       mode: str = MODES[0]) -> SegmentedResult:
+    """`mode`'s score ("object tracks": DMT's `motion_fidelity`, "camera": `camera_fidelity`'s cosine) of
+    each segment of `segments_of(F, segment_frames)` of two clips `(F, H, W, C)`, and their mean.
+
+    Every segment places a new grid on its first frame, so a track lost in one segment is re-acquired in
+    the next. A segment of `generated` in which no point survives scores 0 (nothing there follows the
+    reference); one of `reference` in which none survives stops with an error naming its frames.
+    """
+    reference, generated = _check_clip(reference, "reference"), _check_clip(generated, "generated")
+    if mode not in MODES:
+        raise MotionCloneError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}.")
+    if segment_frames < 2:
+        raise MotionCloneError(f"'segment_frames' must be at least 2 (motion needs two frames), got {segment_frames}.")
+    if reference.shape[0] != generated.shape[0]:
+        _track_both(reference, generated, grid_size)  # raises the frame-count error
+    score_of = motion_fidelity if mode == MODES[0] else camera_fidelity
+    segments = segments_of(int(reference.shape[0]), segment_frames)
+    scores, first, first_segment = [], None, None
+    for start, stop in segments:
+        try:
+            result = score_of(reference[start:stop], generated[start:stop], grid_size)
+        except MotionCloneError:
+            if track_grid(reference[start:stop], grid_size, working_size(reference)).count == 0:
+                raise MotionCloneError(
+                    f"No point of 'reference' could be tracked through frames {start}-{stop - 1} (flat or noise-only "
+                    "frames, or content that changes completely between frames). Check the clip, or raise grid_size."
+                ) from None
+            scores.append(0.0)
+            continue
+        if first is None:
+            first, first_segment = result, (start, stop)
+        scores.append(float(result.score if mode == MODES[0] else result.cosine))
+    if first is None:
+        raise MotionCloneError(
+            f"No point of 'generated' could be tracked through any segment of {segment_frames} frames (flat or "
+            "noise-only frames). Check the clip, or raise grid_size to try more points.")
+    return SegmentedResult(float(np.mean(scores)), tuple(segments), tuple(scores), first, first_segment)
 
 
 def global_motion(tracks: Tracks) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..motionclone.fidelity import GRID_SIZES, MODES, camera_fidelity, motion_fidelity, plot_tracks
+from ..motionclone.fidelity import GRID_SIZES, MODES, camera_fidelity, motion_fidelity, plot_tracks, segmented_fidelity
 
 
 class MotionFidelity(io.ComfyNode):
@@ -32,6 +32,11 @@ class MotionFidelity(io.ComfyNode):
                 io.Int.Input("grid_size", default=16, min=GRID_SIZES[0], max=GRID_SIZES[1],
                              tooltip="Tracked points along the clip's long side (16 = a 16x16 grid on a square "
                              "clip). More points see smaller subjects but take longer; flat areas are never tracked."),
+                io.Int.Input("segment_frames", default=0, min=0, max=4096, optional=True,
+                             tooltip="0: score the whole clip at once (tracks must survive every frame). For long "
+                             "clips (more than about 16 frames, e.g. made with 'MotionClone: Context Windows') give the "
+                             "segment length, e.g. 16: the clips are scored in segments of that many frames overlapping "
+                             "by half, each with a fresh grid, and the segment scores averaged (all are in the text)."),
             ],
             outputs=[
                 io.Float.Output(display_name="score", tooltip="'object tracks': the motion-fidelity score in [-1, 1]. "
@@ -42,7 +47,14 @@ class MotionFidelity(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, reference, generated, mode, grid_size) -> io.NodeOutput:
+    def execute(cls, reference, generated, mode, grid_size, segment_frames=0) -> io.NodeOutput:
+        if segment_frames and segment_frames < reference.shape[0]:
+            result = segmented_fidelity(reference, generated, segment_frames, grid_size, mode)
+            score, text, tracked = result.score, result.describe(), result.first
+            start, stop = result.first_segment
+            plot = plot_tracks(reference[start:stop], generated[start:stop], tracked.reference, tracked.generated)
+            preview = {**ui.PreviewImage(plot, cls=cls).as_dict(), **ui.PreviewText(text).as_dict()}
+            return io.NodeOutput(float(score), plot, ui=preview)
         if mode == "camera":
             result = camera_fidelity(reference, generated, grid_size)
             score = result.cosine

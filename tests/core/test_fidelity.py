@@ -20,6 +20,8 @@ from motionclone.fidelity import (
     camera_fidelity,
     motion_fidelity,
     plot_tracks,
+    segmented_fidelity,
+    segments_of,
     track_similarity,
     working_size,
 )
@@ -212,3 +214,57 @@ def test_importing_the_score_loads_neither_comfyui_nor_opencv(tmp_path):
     env = {**os.environ, "PYTHONPATH": PACK_ROOT}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
     assert json.loads(result.stdout) == []
+
+
+# ------------------------------------------------------------------------------------ long clips: segments
+
+
+def test_segments_overlap_by_half_and_the_last_one_ends_at_the_last_frame():
+    assert segments_of(40, 16) == [(0, 16), (8, 24), (16, 32), (24, 40)]
+    assert segments_of(41, 16) == [(0, 16), (8, 24), (16, 32), (24, 40), (25, 41)]
+    assert segments_of(16, 16) == [(0, 16)]
+    assert segments_of(10, 16) == [(0, 10)]
+    assert segments_of(5, 2) == [(0, 2), (1, 3), (2, 4), (3, 5)]
+
+
+def _cut(frames: int = 24, cut: int = 12, size: int = 64) -> torch.Tensor:
+    """A red circle going right until `cut`, then a blue square elsewhere going right: no track survives the cut."""
+    first = _moving("circle", "red", (1.5, 0.0), size, frames, start=(14.0, 20.0))
+    second = _moving("square", "blue", (1.5, 0.0), size, frames, start=(14.0, 44.0))
+    return torch.cat([first[:cut], second[cut:]])
+
+
+def test_segments_reacquire_tracks_that_the_whole_clip_score_loses():
+    reference, generated = _moving(velocity=(1.5, 0.0), size=64, frames=24), _cut()
+    with pytest.raises(MotionCloneError, match="'generated' could be tracked through all 24 frames"):
+        motion_fidelity(reference, generated)
+    result = segmented_fidelity(reference, generated, 8)
+    assert result.segments == ((0, 8), (4, 12), (8, 16), (12, 20), (16, 24))
+    # The segment holding the cut has no generated track: 0; every other one moves right like the reference.
+    assert result.scores[2] == 0.0
+    assert result.scores[:2] + result.scores[3:] == pytest.approx([1.0] * 4, abs=0.01)  # LK on edges: within 0.4 %
+    assert result.score == pytest.approx(0.8, abs=0.01)
+    text = result.describe()
+    assert text.startswith(f"mean over 5 segments of 8 frames {result.score:.3f} (frames 0-7: ") and "8-15: 0.000," in text
+
+
+def test_each_segment_scores_exactly_as_the_whole_clip_score_of_its_frames():
+    reference = _moving(velocity=(1.5, 0.5), size=64, frames=20)
+    generated = torch.cat([_moving("square", "blue", (1.5, 0.0), 64, 10), _moving("square", "blue", (0.0, 1.5), 64, 10)])
+    result = segmented_fidelity(reference, generated, 8)
+    expected = [motion_fidelity(reference[a:b], generated[a:b]).score for a, b in segments_of(20, 8)]
+    assert list(result.scores) == expected
+    assert result.score == pytest.approx(float(np.mean(expected)))
+    camera = segmented_fidelity(reference, generated, 8, mode="camera")
+    assert list(camera.scores) == [camera_fidelity(reference[a:b], generated[a:b]).cosine for a, b in segments_of(20, 8)]
+    # A clip no longer than one segment is the whole-clip score.
+    assert segmented_fidelity(reference, generated, 20).score == motion_fidelity(reference, generated).score
+
+
+def test_a_reference_segment_without_tracks_names_its_frames_and_bad_lengths_are_refused():
+    with pytest.raises(MotionCloneError, match="'reference' could be tracked through frames 8-15"):
+        segmented_fidelity(_cut(), _moving(velocity=(1.5, 0.0), size=64, frames=24), 8)
+    with pytest.raises(MotionCloneError, match="'segment_frames' must be at least 2"):
+        segmented_fidelity(_cut(), _cut(), 1)
+    with pytest.raises(MotionCloneError, match="'reference' has 24 frames but 'generated' has 12"):
+        segmented_fidelity(_cut(), _cut()[:12], 8)
