@@ -88,33 +88,33 @@ def regions(frames: int, length: int | None, overlap: int, schedule: str = "unif
     return layout, overlap_regions(layout)
 
 
-SEGMENT, SEGMENT_STRIDE = 8, 4  # frames per segment of the segment-averaged score, and its step
+SEGMENT = 16  # frames per segment of the segment-averaged score (motionclone.fidelity.segments_of: stride 8)
 
 
-def segments(frames: int) -> list[tuple[int, ...]]:
-    """Overlapping 8-frame segments covering the clip (the last one ending at the last frame)."""
-    starts = list(range(0, max(1, frames - SEGMENT + 1), SEGMENT_STRIDE))
-    if starts[-1] + SEGMENT < frames:
-        starts.append(frames - SEGMENT)
-    return [tuple(range(s, min(s + SEGMENT, frames))) for s in starts]
-
-
-def fidelity_by_region(reference: torch.Tensor, generated: torch.Tensor, windows: list, overlaps: list) -> dict:
+def fidelity_by_region(reference: torch.Tensor, generated: torch.Tensor, windows: list, overlaps: list,
+                       segment: int = SEGMENT) -> dict:
     """Motion fidelity (frames in clip order) of: the whole clip at once ("whole"; tracks must survive every
-    frame), the mean over overlapping 8-frame segments covering the clip ("segments"), each window, and each
-    overlap region of the window layout."""
+    frame), the mean over overlapping `segment`-frame segments covering the clip, each tracked afresh
+    ("segments", `motionclone.fidelity.segmented_fidelity`; 0 where no generated track survives), each
+    window, and each overlap region of the window layout."""
     from bench.fidelity import motion_score
+    from motionclone.errors import MotionCloneError
+    from motionclone.fidelity import segmented_fidelity
 
     def score(frames):
         index = torch.tensor(sorted(frames))
         return motion_score(reference[index], generated[index])
 
-    return {"whole": motion_score(reference, generated),
-            "segments": statistics.mean(score(s) for s in segments(reference.shape[0])),
+    try:
+        segmented = segmented_fidelity(reference, generated, segment).score
+    except MotionCloneError:
+        segmented = 0.0  # no generated track in any segment
+    return {"whole": motion_score(reference, generated), "segments": segmented,
             "windows": [score(w) for w in windows], "overlaps": [score(o) for o in overlaps if len(o) >= 2]}
 
 
-def run(comfy, frames: int, length: int | None, overlap: int, seeds, rows=ROWS, log=print, **settings) -> list[dict]:
+def run(comfy, frames: int, length: int | None, overlap: int, seeds, rows=ROWS, log=print, segment: int = SEGMENT,
+        **settings) -> list[dict]:
     from bench.fidelity import read_saved
 
     reference = ping_pong_frames(frames, settings.get("speed", SPEED))
@@ -129,7 +129,7 @@ def run(comfy, frames: int, length: int | None, overlap: int, seeds, rows=ROWS, 
             seconds = time.perf_counter() - began
             generated = read_saved(comfy, outputs)
             result = {"row": row, "frames": frames, "length": length, "overlap": overlap, "seed": seed,
-                      "seconds": seconds, **fidelity_by_region(reference, generated, windows, overlaps)}
+                      "seconds": seconds, **fidelity_by_region(reference, generated, windows, overlaps, segment)}
             results.append(result)
             log(json.dumps(result))
     return results
@@ -232,6 +232,8 @@ def main():
     parser.add_argument("--length", type=int, default=16)
     parser.add_argument("--overlap", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--segment", type=int, default=SEGMENT, help="frames per segment of the segment-averaged score")
+    parser.add_argument("--window-free", action="store_true", help="also clone window-free where the module allows (<= 32)")
     parser.add_argument("--json", help="also write the per-run results here")
     parser.add_argument("--memory", action="store_true", help="only the memory table (tiny model: kept bytes, time)")
     options = parser.parse_args()
@@ -250,18 +252,22 @@ def main():
                       f"{r['seconds']:.1f} | {r['seconds'] / r['frames']:.2f} |")
             return
         for frames in (int(f) for f in options.frames.split(",")):
-            results += run(comfy, frames, options.length, options.overlap, range(1, options.seeds + 1))
-    print("\n| frames | method | whole clip | 8-frame segments | per window (min..max) | per overlap (mean; min..max) | s / clip | s / frame |")
-    print("|---|---|---|---|---|---|---|---|")
-    for frames in sorted({r["frames"] for r in results}):
+            seeds = range(1, options.seeds + 1)
+            results += run(comfy, frames, options.length, options.overlap, seeds, segment=options.segment)
+            if options.window_free and frames <= 32:
+                results += run(comfy, frames, None, options.overlap, seeds, segment=options.segment)
+    print(f"\n| frames | windows | method | whole clip | {options.segment}-frame segments | per window (min..max) | per overlap (mean; min..max) | s / clip | s / frame |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for frames, length in sorted({(r["frames"], r["length"] or 0) for r in results}):
         for row in ROWS:
-            mine = [r for r in results if r["frames"] == frames and r["row"] == row]
+            mine = [r for r in results if r["frames"] == frames and (r["length"] or 0) == length and r["row"] == row]
             if not mine:
                 continue
+            layout = f"{length}/{options.overlap}" if length else "none"
             windows = [s for r in mine for s in r["windows"]]
             overlaps = [s for r in mine for s in r["overlaps"]] or [float("nan")]
             seconds = statistics.mean(r["seconds"] for r in mine)
-            print(f"| {frames} | {row} | {statistics.mean(r['whole'] for r in mine):.2f} | "
+            print(f"| {frames} | {layout} | {row} | {statistics.mean(r['whole'] for r in mine):.2f} | "
                   f"{statistics.mean(r['segments'] for r in mine):.2f} | {min(windows):.2f}..{max(windows):.2f} | "
                   f"{statistics.mean(overlaps):.2f}; {min(overlaps):.2f}..{max(overlaps):.2f} | {seconds:.1f} | "
                   f"{seconds / frames:.2f} |")
