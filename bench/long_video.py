@@ -41,9 +41,14 @@ NEW_PROMPT = "a blue square"
 ROWS = ("unguided", "MotionClone Sampler")
 
 
+RADIUS = 0.11  # the circle's radius as a fraction of the frame
+
+
 def ping_pong_positions(frames: int, speed: float = SPEED, size: int = SIZE) -> list[float]:
-    """Centre x per frame: right at `speed` px/frame for the first half of the clip, then back to the start."""
+    """Centre x per frame: right at `speed` px/frame for the first half of the clip, then back to the start;
+    slower where that path would leave the frame (64 frames of 128 px: 3.1 px/frame)."""
     half = frames // 2
+    speed = min(speed, (size * (1 - 2 * RADIUS) - 4) / max(1, half - 1))
     steps = [t if t < half else 2 * half - 1 - t for t in range(frames)]  # 0, 1, ..., h-1, h-1, ..., 0
     return [size / 2 + speed * (step - (half - 1) / 2) for step in steps]
 
@@ -52,7 +57,7 @@ def ping_pong_frames(frames: int, speed: float = SPEED, size: int = SIZE) -> tor
     """`(frames, size, size, 3)` in [0, 1]: a red circle on the toy world's dark background (`ping_pong_positions`)."""
     from bench.toyworld import ClipSpec, ShapeSpec, render_clip
 
-    return torch.cat([render_clip(ClipSpec((ShapeSpec("circle", "red", (x, size / 2), 0.11 * size),), 1, size, size)).frames
+    return torch.cat([render_clip(ClipSpec((ShapeSpec("circle", "red", (x, size / 2), RADIUS * size),), 1, size, size)).frames
                       for x in ping_pong_positions(frames, speed, size)])
 
 
