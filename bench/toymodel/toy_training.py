@@ -19,6 +19,11 @@ PROMPT_DROPOUT = 0.1
 MOTION_MIX = (("translate", 0.70), ("zoom", 0.15), ("static", 0.15))
 RENDER_SIZE = 64  # rendered at half the frame size and pooled 4 x 4: the VAE's 1/8 latent of a 128 px frame
 TRAIN_SPEED = (2.25, 4.5)  # px/frame at RENDER_SIZE, i.e. 4.5-9 px/frame at 128 px
+# With `clip_frames` (8, 16) (train.py --clip-frames 8,16) clips alternate between 8 and 16 frames by step:
+# 16 is the context-window length of long videos. A 16-frame path at the 8-frame speeds would leave the
+# frame, so those move at half the speed (2.25-4.5 px/frame at 128 px).
+LONG_CLIP_SPEED = (1.125, 2.25)
+REVERSAL = 0.25  # fraction of 16-frame clips that turn back part-way (played forward to frame r, then back)
 
 
 def toy_prompts() -> list[str]:
@@ -70,11 +75,12 @@ def init_weights(module: torch.nn.Module, generator: torch.Generator, zero: tupl
 
 
 class ToyTrainer:
-    def __init__(self, arch, seed: int):
+    def __init__(self, arch, seed: int, init: str | None = None, clip_frames: tuple[int, ...] = (8,)):
         import comfy.ldm.modules.diffusionmodules.util as diffusion_util
         import comfy.sd
 
         self.arch = arch
+        self.clip_frames = clip_frames
         self.generator = torch.Generator().manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         self.base_model = arch.build_unet_model()
@@ -82,6 +88,8 @@ class ToyTrainer:
         init_weights(self.unet, self.generator, ("out.2.", "out_layers.3.", "proj_out."))
         self.motion = AnimateDiffMotionModel(arch.MOTION_CHANNELS, False, arch.MOTION_MAX_FRAMES)
         init_weights(self.motion, self.generator, ("proj_out.",))
+        if init:
+            self.load_weights(init)
         for module in self.motion.modules_in_forward_order():
             block = _comfy_block(self.unet, module.name)
             block.insert(insert_position(block), module)
@@ -103,6 +111,18 @@ class ToyTrainer:
         betas = diffusion_util.make_beta_schedule("sqrt_linear", 1000, linear_start=0.00085, linear_end=0.012)
         self.alphas_cumprod = torch.cumprod(1.0 - torch.as_tensor(betas, dtype=torch.float64), 0).float()
 
+    def load_weights(self, folder: str) -> None:
+        """Start from the UNet and motion module of an earlier run's weight files in `folder` (fine-tuning)."""
+        import os
+
+        import safetensors.torch
+
+        unet = safetensors.torch.load_file(os.path.join(folder, "toy_unet.safetensors"))
+        prefix = "model.diffusion_model."
+        self.unet.load_state_dict({k[len(prefix):]: v.float() for k, v in unet.items()})
+        motion = safetensors.torch.load_file(os.path.join(folder, "toy_motion_module.safetensors"))
+        self.motion.load_state_dict({k: v.float() for k, v in motion.items()})
+
     def encode(self, prompt: str) -> torch.Tensor:
         """`(77, 64)` text features, as ComfyUI's CLIP Text Encode computes them."""
         return self.clip.encode_from_tokens(self.clip.tokenize(prompt))[0].float()
@@ -114,26 +134,35 @@ class ToyTrainer:
     def parameters(self):
         return self.trainable
 
+    def frames_at(self, step: int) -> int:
+        """Frames per clip of the batch at `step` (`clip_frames` in turn)."""
+        return self.clip_frames[step % len(self.clip_frames)]
+
     def batch(self, clips: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh clips: latents `(clips * 8, 4, 16, 16)` and text features `(clips * 8, 77, 64)`."""
+        """Fresh clips of F = `frames_at(step)` frames: latents `(clips * F, 4, 16, 16)` and text features
+        `(clips * F, 77, 64)`."""
         latents, contexts = [], []
         motions, weights = zip(*MOTION_MIX)
+        count = self.frames_at(step)
         for _ in range(clips):
             motion = motions[self.rng.choice(len(motions), p=weights)]
-            clip = random_clip(int(self.rng.integers(2**31)), frames=self.arch.FRAMES, height=RENDER_SIZE,
-                               width=RENDER_SIZE, motion=motion, speed=TRAIN_SPEED)
+            speed = TRAIN_SPEED if count <= 8 else LONG_CLIP_SPEED
+            clip = random_clip(int(self.rng.integers(2**31)), frames=count, height=RENDER_SIZE,
+                               width=RENDER_SIZE, motion=motion, speed=speed)
             frames = clip.frames
+            if count > 8 and self.rng.random() < REVERSAL:
+                turn = int(self.rng.integers(count // 2, 3 * count // 4 + 1))
+                frames = frames[[t if t <= turn else max(0, 2 * turn - t) for t in range(count)]]
             if self.rng.random() < 0.5:
                 frames = frames.flip(2)  # mirror left-right: every shape is left-right symmetric
             if self.rng.random() < 0.5:
                 frames = frames.flip(0)  # time reversed: the opposite motion, equally valid
             latents.append(self.arch.encode_frames(frames, cell=4))
             prompt = "" if self.rng.random() < PROMPT_DROPOUT else clip.prompt
-            contexts.append(self.conds[prompt].expand(self.arch.FRAMES, -1, -1))
-        return torch.cat(latents), torch.cat(contexts)
+            contexts.append(self.conds[prompt].expand(count, -1, -1))
+        return torch.cat(latents), torch.cat(contexts), count
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        frames = self.arch.FRAMES
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
 
         def run_motion_module(layer, x, *args, **kwargs):
             return layer(x, frames, None)
@@ -143,14 +172,14 @@ class ToyTrainer:
 
     def loss(self, batch) -> torch.Tensor:
         """v-prediction MSE (target sqrt(a) * noise - sqrt(1 - a) * latent) at one random timestep per clip."""
-        latents, context = batch
-        clips = latents.shape[0] // self.arch.FRAMES
-        t = torch.randint(0, 1000, (clips,), generator=self.generator).repeat_interleave(self.arch.FRAMES)
+        latents, context, frames = batch
+        clips = latents.shape[0] // frames
+        t = torch.randint(0, 1000, (clips,), generator=self.generator).repeat_interleave(frames)
         noise = torch.randn(latents.shape, generator=self.generator)
         a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         target = a.sqrt() * noise - (1 - a).sqrt() * latents
-        return torch.nn.functional.mse_loss(self.predict(noisy, t.float(), context), target)
+        return torch.nn.functional.mse_loss(self.predict(noisy, t.float(), context, frames), target)
 
     @torch.no_grad()
     def update_average(self) -> None:

@@ -5,9 +5,10 @@ v3-layout motion module of this pack, jointly, from scratch, with the v-predicti
 AnimateDiff's noise schedule (ComfyUI's "sqrt_linear", betas 0.00085..0.012 over 1000 steps). The text
 encoder is frozen at seeded weights; the VAE is fixed-function (see `architecture.py`), so its latents are
 computed directly (`architecture.encode_frames`). Clips are drawn fresh at every step from the toy world
-(8 frames, 128 x 128, one shape: 70 % translating at 4.5-9 px/frame, 15 % zooming, 15 % still), rendered
-at 64 x 64 and pooled (the same 1/8 latent as the VAE encodes from a 128 x 128 frame, to within the
-renderer's anti-aliasing); 10 % of prompts are dropped for classifier-free guidance.
+(8 frames, 128 x 128, one shape: 70 % translating at 4.5-9 px/frame, 15 % zooming, 15 % still; with
+`--clip-frames 8,16` also 16-frame clips at alternate steps, at 2.25-4.5 px/frame so the path stays in the
+frame, a quarter of them turning back part-way), rendered at 64 x 64 and pooled (the same 1/8 latent as
+the VAE encodes from a 128 x 128 frame, to within the renderer's anti-aliasing); 10 % of prompts are dropped for classifier-free guidance.
 
 Writes into `--out`: toy_unet.safetensors, toy_motion_module.safetensors, toy_clip.safetensors,
 toy_vae.safetensors (all float16 except the VAE's float8, exact for its weights), SHA256SUMS and
@@ -67,6 +68,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--save-every", type=float, default=5.0, help="minutes between weight snapshots")
     parser.add_argument("--out", default=DEFAULT_OUT)
+    parser.add_argument("--init", help="fine-tune: start from the UNet and motion module weight files in this folder")
+    parser.add_argument("--clip-frames", default="8", help="frames per training clip, in turn by step (e.g. 8,16)")
     options = parser.parse_args()
 
     import_comfy()
@@ -79,10 +82,12 @@ def main():
     import architecture as arch
     from toy_training import ToyTrainer
 
-    trainer = ToyTrainer(arch, options.seed)
+    trainer = ToyTrainer(arch, options.seed, options.init, tuple(int(f) for f in options.clip_frames.split(",")))
     os.makedirs(options.out, exist_ok=True)
     log = {"command": " ".join(sys.argv), "planned_steps": options.steps, "seed": options.seed, "batch": options.batch, "lr": options.lr,
            "threads": options.threads, "steps": [], "loss": []}
+    if options.init:
+        log["init_sha256"] = _sums(options.init)  # what the fine-tune started from
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=options.lr, weight_decay=0.0)
     start = time.time()
     last_save = start
@@ -110,6 +115,12 @@ def main():
             save(trainer, arch, options.out, log, step, time.time() - start)
             last_save = time.time()
     save(trainer, arch, options.out, log, step, time.time() - start)
+
+
+def _sums(folder: str) -> dict[str, str]:
+    """The sha256 of each weight file in `folder` (SHA256SUMS), to record what a fine-tune started from."""
+    with open(os.path.join(folder, "SHA256SUMS")) as handle:
+        return {name: digest for digest, name in (line.split() for line in handle if line.strip())}
 
 
 def save(trainer, arch, out: str, log: dict, step: int, seconds: float) -> None:
