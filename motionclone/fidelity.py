@@ -245,9 +245,12 @@ def segmented_fidelity(reference: torch.Tensor, generated: torch.Tensor, segment
     if mode not in MODES:
         raise MotionCloneError(f"'mode' must be one of {', '.join(MODES)}, got {mode!r}.")
     if segment_frames < 2:
-        raise MotionCloneError(f"'segment_frames' must be at least 2 (motion needs two frames), got {segment_frames}.")
+        raise MotionCloneError(f"'segment_frames' must be at least 2 (motion needs two frames), got {segment_frames}. "
+                               "Use 0 to score the whole clip at once, or e.g. 16 for a long clip.")
+    if not GRID_SIZES[0] <= grid_size <= GRID_SIZES[1]:
+        raise MotionCloneError(f"'grid_size' must be between {GRID_SIZES[0]} and {GRID_SIZES[1]}, got {grid_size}.")
     if reference.shape[0] != generated.shape[0]:
-        _track_both(reference, generated, grid_size)  # raises the frame-count error
+        _track_both(reference, generated, grid_size)  # raises the frame-count error before any tracking
     score_of = motion_fidelity if mode == MODES[0] else camera_fidelity
     segments = segments_of(int(reference.shape[0]), segment_frames)
     scores, first, first_segment = [], None, None

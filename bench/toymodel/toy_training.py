@@ -138,9 +138,9 @@ class ToyTrainer:
         """Frames per clip of the batch at `step` (`clip_frames` in turn)."""
         return self.clip_frames[step % len(self.clip_frames)]
 
-    def batch(self, clips: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Fresh clips of F = `frames_at(step)` frames: latents `(clips * F, 4, 16, 16)` and text features
-        `(clips * F, 77, 64)`."""
+    def batch(self, clips: int, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Fresh clips of F = `frames_at(step)` frames: latents `(clips * F, 4, 16, 16)`, text features
+        `(clips * F, 77, 64)`, and F."""
         latents, contexts = [], []
         motions, weights = zip(*MOTION_MIX)
         count = self.frames_at(step)
@@ -163,7 +163,6 @@ class ToyTrainer:
         return torch.cat(latents), torch.cat(contexts), count
 
     def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, frames: int) -> torch.Tensor:
-
         def run_motion_module(layer, x, *args, **kwargs):
             return layer(x, frames, None)
 

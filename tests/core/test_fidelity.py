@@ -264,7 +264,9 @@ def test_each_segment_scores_exactly_as_the_whole_clip_score_of_its_frames():
 def test_a_reference_segment_without_tracks_names_its_frames_and_bad_lengths_are_refused():
     with pytest.raises(MotionCloneError, match="'reference' could be tracked through frames 8-15"):
         segmented_fidelity(_cut(), _moving(velocity=(1.5, 0.0), size=64, frames=24), 8)
-    with pytest.raises(MotionCloneError, match="'segment_frames' must be at least 2"):
+    with pytest.raises(MotionCloneError, match="'segment_frames' must be at least 2 .* Use 0 to score the whole clip"):
         segmented_fidelity(_cut(), _cut(), 1)
+    with pytest.raises(MotionCloneError, match="'grid_size' must be between 4 and 64, got 2"):
+        segmented_fidelity(_cut(), _cut(), 8, grid_size=2)
     with pytest.raises(MotionCloneError, match="'reference' has 24 frames but 'generated' has 12"):
         segmented_fidelity(_cut(), _cut()[:12], 8)
