@@ -249,8 +249,7 @@ def segmented_fidelity(reference: torch.Tensor, generated: torch.Tensor, segment
                                "Use 0 to score the whole clip at once, or e.g. 16 for a long clip.")
     if not GRID_SIZES[0] <= grid_size <= GRID_SIZES[1]:
         raise MotionCloneError(f"'grid_size' must be between {GRID_SIZES[0]} and {GRID_SIZES[1]}, got {grid_size}.")
-    if reference.shape[0] != generated.shape[0]:
-        _track_both(reference, generated, grid_size)  # raises the frame-count error before any tracking
+    _check_same_frames(reference, generated)
     score_of = motion_fidelity if mode == MODES[0] else camera_fidelity
     segments = segments_of(int(reference.shape[0]), segment_frames)
     scores, first, first_segment = [], None, None
@@ -329,11 +328,7 @@ def _unit_steps(tracks: Tracks) -> tuple[np.ndarray, np.ndarray]:
 
 def _track_both(reference: torch.Tensor, generated: torch.Tensor, grid_size: int) -> tuple[Tracks, Tracks]:
     reference, generated = _check_clip(reference, "reference"), _check_clip(generated, "generated")
-    if reference.shape[0] != generated.shape[0]:
-        raise MotionCloneError(
-            f"'reference' has {reference.shape[0]} frames but 'generated' has {generated.shape[0]}. "
-            "Motion is compared frame step by frame step: give both the same frame count, e.g. take the first "
-            f"{min(reference.shape[0], generated.shape[0])} frames of the longer one with the stock 'ImageFromBatch' node.")
+    _check_same_frames(reference, generated)
     if not GRID_SIZES[0] <= grid_size <= GRID_SIZES[1]:
         raise MotionCloneError(f"'grid_size' must be between {GRID_SIZES[0]} and {GRID_SIZES[1]}, got {grid_size}.")
     size = working_size(reference)
@@ -347,6 +342,14 @@ def _track_both(reference: torch.Tensor, generated: torch.Tensor, grid_size: int
                 "raise grid_size to try more points.")
         tracks.append(found)
     return tracks[0], tracks[1]
+
+
+def _check_same_frames(reference: torch.Tensor, generated: torch.Tensor) -> None:
+    if reference.shape[0] != generated.shape[0]:
+        raise MotionCloneError(
+            f"'reference' has {reference.shape[0]} frames but 'generated' has {generated.shape[0]}. "
+            "Motion is compared frame step by frame step: give both the same frame count, e.g. take the first "
+            f"{min(reference.shape[0], generated.shape[0])} frames of the longer one with the stock 'ImageFromBatch' node.")
 
 
 def _check_clip(clip, name: str) -> torch.Tensor:

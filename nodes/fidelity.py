@@ -50,21 +50,18 @@ class MotionFidelity(io.ComfyNode):
     def execute(cls, reference, generated, mode, grid_size, segment_frames=0) -> io.NodeOutput:
         if segment_frames and segment_frames < reference.shape[0]:
             result = segmented_fidelity(reference, generated, segment_frames, grid_size, mode)
-            score, text, tracked = result.score, result.describe(), result.first
+            score, tracked = result.score, result.first
             start, stop = result.first_segment
-            plot = plot_tracks(reference[start:stop], generated[start:stop], tracked.reference, tracked.generated)
-            preview = {**ui.PreviewImage(plot, cls=cls).as_dict(), **ui.PreviewText(text).as_dict()}
-            return io.NodeOutput(float(score), plot, ui=preview)
-        if mode == "camera":
-            result = camera_fidelity(reference, generated, grid_size)
+            reference, generated = reference[start:stop], generated[start:stop]  # the plotted segment
+        elif mode == "camera":
+            result = tracked = camera_fidelity(reference, generated, grid_size)
             score = result.cosine
         else:
-            result = motion_fidelity(reference, generated, grid_size)
+            result = tracked = motion_fidelity(reference, generated, grid_size)
             score = result.score
         text = result.describe()
-        plot = plot_tracks(reference, generated, result.reference, result.generated)
+        plot = plot_tracks(reference, generated, tracked.reference, tracked.generated)
         preview = {**ui.PreviewImage(plot, cls=cls).as_dict(), **ui.PreviewText(text).as_dict()}
         return io.NodeOutput(float(score), plot, ui=preview)
-
 
 NODES = [MotionFidelity]
