@@ -107,6 +107,12 @@ class StubServer:
         pass
 
 
+# The classic cache ignores the sizes, but executors read them as numbers at every prompt: 0.8.0 reads
+# "ram" (GB); 0.33 also reads "ram_inactive" (GB), where `args.cache_ram` has become a list. Plain numbers
+# suit every executor that takes cache_args.
+CLASSIC_CACHE_ARGS = {"lru": 0, "ram": 0.0, "ram_inactive": 0.0}
+
+
 @dataclass
 class ComfyUI:
     root: str
@@ -143,9 +149,7 @@ class ComfyUI:
             raise AssertionError(f"prompt failed validation: {error} {node_errors}")
         options = {"cache_type": self.execution.CacheType.CLASSIC}
         if "cache_args" in inspect.signature(self.execution.PromptExecutor).parameters:  # ComfyUI >= 0.4
-            from comfy.cli_args import args
-
-            options["cache_args"] = {"lru": args.cache_lru, "ram": args.cache_ram}
+            options["cache_args"] = CLASSIC_CACHE_ARGS
         executor = self.execution.PromptExecutor(StubServer(), **options)
         executor.execute(prompt, prompt_id, {}, outputs)
         if not executor.success:
