@@ -7,6 +7,7 @@ what was expected and what was found, and the fix. Text from a file is never ech
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 
@@ -177,3 +178,10 @@ def require_finite(tensor: torch.Tensor, what: str, fix: str) -> None:
         bad = int((~torch.isfinite(tensor)).sum())
         raise MotionCloneError(f"{what} holds {bad} NaN or infinite values of {tensor.numel()}. {fix}")
 
+
+
+def require_finite_number(value: float, input_name: str) -> None:
+    """Raise `MotionCloneError` naming the input when a number widget holds NaN or infinity: they pass
+    ComfyUI's min/max checks (every comparison with NaN is false) and break arithmetic far from the input."""
+    if not math.isfinite(value):
+        raise MotionCloneError(f"'{input_name}' is {value}; it must be a finite number. Type a number into '{input_name}'.")

@@ -9,10 +9,16 @@ import torch
 import torch.nn.functional as F
 
 from .errors import MotionCloneError
+from .validation import require_finite_number
 
 RESIZE_MODES = ("stretch", "crop")
 FRAME_SELECTION_MODES = ("span", "fps", "whole clip")
 _ROUNDING_SLACK = 1e-6  # in source frames: keeps 7.5 from becoming 7.4999999 through float error
+# The limits of Select Frames' inputs (the node declares them from here): a suggested fix never leaves them.
+SECONDS_STEP = 0.01  # the step of every seconds and fps input, and the least span_seconds, fps and target_fps
+MAX_FPS = 1000.0  # the most fps and target_fps
+MAX_SPAN_SECONDS = 3600.0
+MAX_START_SECONDS = 36000.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,9 @@ def select_frames(clip_frames: int, clip_fps: float, frames: int, mode: str, *, 
     """
     if mode not in FRAME_SELECTION_MODES:
         raise MotionCloneError(f"mode must be one of {FRAME_SELECTION_MODES}, got '{mode}'.")
+    for value, name in ((clip_fps, "fps"), (span_seconds, "span_seconds"), (target_fps, "target_fps"),
+                        (start_seconds, "start_seconds")):
+        require_finite_number(value, name)
     if clip_frames < 1:
         raise MotionCloneError("'images' holds no frames; connect the frames of the reference clip.")
     if not clip_fps > 0:
@@ -59,7 +68,7 @@ def select_frames(clip_frames: int, clip_fps: float, frames: int, mode: str, *, 
     clip = f"the clip has {clip_frames} frames at {clip_fps:g} fps ({duration:.2f} s)"
     if start_seconds < 0 or _nearest_frame(start_seconds * clip_fps) >= clip_frames:
         raise MotionCloneError(f"'start_seconds' ({start_seconds:g} s) must lie inside the clip, but {clip}; "
-                               f"use a start of at most {(clip_frames - 1) / clip_fps:.2f} s.")
+                               f"use a start of at most {_floor_to_step((clip_frames - 1) / clip_fps):.2f} s.")
     if mode == "span":
         if not span_seconds > 0:
             raise MotionCloneError(f"'span_seconds' must be above 0, got {span_seconds}.")
@@ -86,6 +95,11 @@ def _evenly_spaced(frames: int, span: float, clip_fps: float, start_seconds: flo
     return tuple(_nearest_frame((start_seconds + i * span / frames) * clip_fps) for i in range(frames))
 
 
+def _floor_to_step(seconds: float) -> float:
+    """`seconds` rounded down to the inputs' step: a suggested limit that still holds after typing it."""
+    return math.floor(seconds / SECONDS_STEP + _ROUNDING_SLACK) * SECONDS_STEP
+
+
 def _too_short_message(mode: str, clip: str, clip_frames: int, clip_fps: float, frames: int, span: float,
                        start_seconds: float) -> str:
     last_time = start_seconds + (frames - 1) * span / frames
@@ -94,18 +108,22 @@ def _too_short_message(mode: str, clip: str, clip_frames: int, clip_fps: float, 
     # The last kept frame sits at start + span * (frames - 1) / frames: the longest span puts it on the last frame.
     longest = ((clip_frames - 1) / clip_fps - start_seconds) * frames / (frames - 1)
     if mode == "span":
-        fixes.append(f"lower 'span_seconds' to at most {math.floor(longest * 100) / 100:.2f}")
+        if _floor_to_step(longest) >= SECONDS_STEP:  # a very short clip fits no span the input accepts
+            fixes.append(f"lower 'span_seconds' to at most {_floor_to_step(longest):.2f}")
     else:  # fps mode: the step is fixed, so fewer frames fit too
         fitting_frames = 0
         while _nearest_frame((start_seconds + fitting_frames * span / frames) * clip_fps) < clip_frames:
             fitting_frames += 1
-        fixes.append(f"raise 'target_fps' to at least {math.ceil(frames / longest * 100) / 100:.2f}")
+        lowest_fps = math.ceil(frames / longest / SECONDS_STEP - _ROUNDING_SLACK) * SECONDS_STEP
+        if lowest_fps <= MAX_FPS:
+            fixes.append(f"raise 'target_fps' to at least {lowest_fps:.2f}")
         fixes.append(f"lower 'frames' to at most {fitting_frames}")
     if start_seconds > 0:
         fixes.append("start earlier ('start_seconds')")
+    fixes.append("use mode 'whole clip' (the frames spread over the clip, whatever its length)")
     return (f"The clip is too short for this selection: {frames} frames over {span:.2f} s{start} need the clip up to "
-            f"{last_time:.2f} s, but {clip}. To fix it, {', '.join(fixes)}, or use mode 'whole clip' (the frames "
-            "spread over the clip, whatever its length).")
+            f"{last_time:.2f} s, but {clip}. To fix it, {', '.join(fixes[:-1])}{', or ' if len(fixes) > 1 else ''}"
+            f"{fixes[-1]}.")
 
 
 def resize_frames(frames: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:

@@ -8,7 +8,6 @@ logged, and are bounded (`excerpt`).
 from __future__ import annotations
 
 import logging
-import math
 
 import comfy.model_patcher
 import comfy.patcher_extension
@@ -66,9 +65,3 @@ def refuse_stacked_guidance(model: comfy.model_patcher.ModelPatcher) -> None:
             "itself: its unguided steps would be guided a second time. Connect the MODEL from before 'MotionClone: "
             "Guidance' (or sample the guided MODEL with a stock sampler such as KSampler)."
         )
-
-
-def check_number(value: float, input_name: str) -> None:
-    """NaN and infinity pass ComfyUI's min/max checks; refuse them by name."""
-    if not math.isfinite(value):
-        raise MotionCloneError(f"'{input_name}' is {value}; it must be a finite number. Type a number into '{input_name}'.")

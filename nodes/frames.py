@@ -7,7 +7,14 @@ import logging
 import torch
 from comfy_api.latest import io, ui
 
-from ..motionclone.video import FRAME_SELECTION_MODES, select_frames
+from ..motionclone.video import (
+    FRAME_SELECTION_MODES,
+    MAX_FPS,
+    MAX_SPAN_SECONDS,
+    MAX_START_SECONDS,
+    SECONDS_STEP,
+    select_frames,
+)
 
 logger = logging.getLogger("MotionClone")
 
@@ -25,7 +32,7 @@ class SelectFrames(io.ComfyNode):
             inputs=[
                 io.Image.Input("images", tooltip="The reference clip's frames (the batch is the frame axis), e.g. "
                                "the images output of Get Video Components."),
-                io.Float.Input("fps", default=30.0, min=0.01, max=1000.0, step=0.01,
+                io.Float.Input("fps", default=30.0, min=SECONDS_STEP, max=MAX_FPS, step=SECONDS_STEP,
                                tooltip="The clip's frame rate. Wire it from Get Video Components' fps output; type "
                                "it only for frames without one (phone clips are mostly 30, films 24)."),
                 io.Int.Input("frames", default=16, min=1, max=4096,
@@ -38,14 +45,14 @@ class SelectFrames(io.ComfyNode):
                                "puts more motion into each frame, so it plays faster at a fixed frame rate. At the "
                                "workflows' 8 fps, 16 frames over 2 s play at the clip's real speed; wire the fps "
                                "output into the video's fps to keep real speed for any span."),
-                io.Float.Input("span_seconds", default=2.0, min=0.01, max=3600.0, step=0.01,
+                io.Float.Input("span_seconds", default=2.0, min=SECONDS_STEP, max=MAX_SPAN_SECONDS, step=SECONDS_STEP,
                                tooltip="Mode 'span': the seconds of the clip the frames cover, from start_seconds. "
                                "2 s for 16 frames is 8 frames a second, near the pace AnimateDiff learnt motion at; "
                                "much longer spans make the motion jump between frames, shorter ones slow it down."),
-                io.Float.Input("target_fps", default=8.0, min=0.01, max=1000.0, step=0.01,
+                io.Float.Input("target_fps", default=8.0, min=SECONDS_STEP, max=MAX_FPS, step=SECONDS_STEP,
                                tooltip="Mode 'fps': frames taken per second of the clip (the clip re-timed to this "
                                "rate); 8 with 16 frames covers 2 s. Above the clip's own fps, frames repeat."),
-                io.Float.Input("start_seconds", default=0.0, min=0.0, max=36000.0, step=0.01,
+                io.Float.Input("start_seconds", default=0.0, min=0.0, max=MAX_START_SECONDS, step=SECONDS_STEP,
                                tooltip="Where in the clip the selection starts, in seconds (0 = its first frame)."),
             ],
             outputs=[

@@ -12,8 +12,8 @@ from comfy_api.latest import io, ui
 from ..motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps
 from ..motionclone.errors import MotionCloneError
 from ..motionclone.memory import AUTO, MEMORY_MODES
-from ..motionclone.validation import require_finite
-from .checks import check_conditioning, check_number, checked_motion, family_warning, refuse_stacked_guidance
+from ..motionclone.validation import require_finite, require_finite_number
+from .checks import check_conditioning, checked_motion, family_warning, refuse_stacked_guidance
 from .guided_sampling import MotionGuidanceWrapper, motionclone_ksampler
 from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
 from .patching import (
@@ -148,7 +148,7 @@ class MotionCloneSampler(io.ComfyNode):
         motion_model = require_motion_model(model)
         refuse_stacked_guidance(model)
         motion = checked_motion(motion)
-        check_number(motion_weight, "motion_weight")
+        require_finite_number(motion_weight, "motion_weight")
         check_conditioning(positive, "positive")
         check_conditioning(negative, "negative")
         if latent_image.get("noise_mask") is not None:
@@ -235,7 +235,7 @@ class MotionCloneGuidance(io.ComfyNode):
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
                 semantic_guidance=None, memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
         motion = checked_motion(motion)
-        check_number(motion_weight, "motion_weight")
+        require_finite_number(motion_weight, "motion_weight")
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
                                      gradient_every)
         mode = _memory_mode(memory_mode, model, motion)

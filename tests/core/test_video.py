@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from motionclone import MotionCloneError, resize_frames
-from motionclone.video import select_frames
+from motionclone.video import MAX_FPS, SECONDS_STEP, select_frames
 
 # 16 frames over 2 s of a 30 fps clip: every 3.75 source frames, each rounded to the nearest (ties go later).
 THIRTY_FPS_TWO_SECONDS = (0, 4, 8, 11, 15, 19, 23, 26, 30, 34, 38, 41, 45, 49, 53, 56)
@@ -88,6 +88,44 @@ def test_the_suggested_longest_span_fits():
 def test_invalid_selections_name_the_input(clip_frames, clip_fps, frames, mode, settings, named):
     with pytest.raises(MotionCloneError, match=re.escape(named)):
         select_frames(clip_frames, clip_fps, frames, mode, **settings)
+
+
+@pytest.mark.parametrize("name", ["fps", "span_seconds", "target_fps", "start_seconds"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_that_is_not_finite_is_refused_by_name(name, value):
+    settings = {"span_seconds": 2.0, "target_fps": 8.0, "start_seconds": 0.0}
+    clip_fps = value if name == "fps" else 30.0
+    if name != "fps":
+        settings[name] = value
+    with pytest.raises(MotionCloneError, match=re.escape(f"'{name}' is {value}; it must be a finite number. Type a number into '{name}'")):
+        select_frames(60, clip_fps, 16, "fps" if name == "target_fps" else "span", **settings)
+
+
+@pytest.mark.parametrize("clip_frames, mode, settings, suggested, fitting", [
+    # 60 frames at 1000 fps (0.06 s): the longest span, floored to the input's step, fits.
+    (60, "span", {"span_seconds": 2.0}, "lower 'span_seconds' to at most 0.06,", {"span_seconds": 0.06}),
+    # 5 frames (0.005 s): the lowest fitting target_fps is above the input's 1000, so only fewer frames are offered.
+    (5, "fps", {"target_fps": 8.0}, "To fix it, lower 'frames' to at most 1, or use mode 'whole clip'", {"frames": 1}),
+    # 3 frames: the latest start, rounded down (0.002 s -> 0.00), lies inside the clip.
+    (3, "span", {"start_seconds": 0.5}, "use a start of at most 0.00 s.", {"start_seconds": 0.0, "span_seconds": 0.01}),
+])
+def test_a_fix_suggested_for_a_1000_fps_clip_is_a_value_the_input_accepts_and_that_fits(clip_frames, mode, settings,
+                                                                                        suggested, fitting):
+    with pytest.raises(MotionCloneError) as error:
+        select_frames(clip_frames, MAX_FPS, 16, mode, **settings)
+    assert suggested in str(error.value)
+    frames = fitting.pop("frames", 16)
+    select_frames(clip_frames, MAX_FPS, frames, "whole clip" if "start_seconds" in fitting else mode, **{**settings, **fitting})
+    assert fitting.get("span_seconds", SECONDS_STEP) >= SECONDS_STEP
+
+
+def test_a_clip_of_a_few_frames_at_1000_fps_offers_whole_clip_instead_of_a_span_below_the_minimum():
+    with pytest.raises(MotionCloneError) as error:
+        select_frames(5, MAX_FPS, 16, "span", span_seconds=2.0)
+    message = str(error.value)
+    assert "span_seconds' to at most" not in message
+    assert message.endswith("To fix it, use mode 'whole clip' (the frames spread over the clip, whatever its length).")
+    assert len(select_frames(5, MAX_FPS, 16, "whole clip").indices) == 16
 
 
 def _clip() -> torch.Tensor:
