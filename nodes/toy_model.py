@@ -8,7 +8,6 @@ reading a TAESD-layout file; the motion module is read by this pack's own loader
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import comfy.model_management
@@ -20,6 +19,7 @@ from comfy_api.latest import io, ui
 
 from ..bench.toymodel import architecture
 from ..bench.toyworld import ClipSpec, ShapeSpec, render_clip
+from ..motionclone.checksums import verified_path
 from ..motionclone.errors import MotionCloneError
 from .patching import load_motion_model
 from .types import MotionModelSocket
@@ -29,27 +29,13 @@ UNET_FILE, MOTION_FILE, CLIP_FILE, VAE_FILE = (
     "toy_unet.safetensors", "toy_motion_module.safetensors", "toy_clip.safetensors", "toy_vae.safetensors")
 
 
-def weight_path(name: str) -> str:
-    """Path of a bundled weight file after checking it against SHA256SUMS."""
-    path = os.path.join(WEIGHTS_DIR, name)
-    sums_path = os.path.join(WEIGHTS_DIR, "SHA256SUMS")
-    try:
-        with open(sums_path) as handle:
-            expected = dict(reversed(line.split()) for line in handle if line.strip())
-        with open(path, "rb") as handle:
-            found = hashlib.sha256(handle.read()).hexdigest()
-    except FileNotFoundError as error:
-        raise MotionCloneError(
-            f"The toy model's file {error.filename} is missing. It ships with the pack in bench/toymodel/weights: "
-            "reinstall the pack (git checkout of those files), or remake them with bench/toymodel/train.py."
-        ) from None
-    if expected.get(name) != found:
-        raise MotionCloneError(
-            f"The toy model's {name} has sha256 {found}, expected {expected.get(name)} (bench/toymodel/weights/"
-            "SHA256SUMS). The file is damaged or was replaced; restore it with git checkout, or remake all four "
-            "with bench/toymodel/train.py."
-        )
-    return path
+RESTORE_WEIGHTS = ("They ship with the pack in bench/toymodel/weights: restore them with git checkout (or reinstall the "
+                   "pack), or remake all four and their SHA256SUMS with bench/toymodel/train.py.")
+
+
+def weight_path(name: str, folder: str = WEIGHTS_DIR) -> str:
+    """Path of a bundled weight file after checking it against the folder's SHA256SUMS."""
+    return verified_path(folder, name, "The toy model", RESTORE_WEIGHTS)
 
 
 def load_toy_unet() -> comfy.model_patcher.ModelPatcher:

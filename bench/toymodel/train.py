@@ -119,8 +119,10 @@ def main():
 
 def _sums(folder: str) -> dict[str, str]:
     """The sha256 of each weight file in `folder` (SHA256SUMS), to record what a fine-tune started from."""
+    from motionclone.checksums import parse_sha256sums
+
     with open(os.path.join(folder, "SHA256SUMS")) as handle:
-        return {name: digest for digest, name in (line.split() for line in handle if line.strip())}
+        return parse_sha256sums(handle.read(), os.path.join(folder, "SHA256SUMS"), "")
 
 
 def save(trainer, arch, out: str, log: dict, step: int, seconds: float) -> None:

@@ -11,6 +11,7 @@ import safetensors.torch
 import torch
 
 from motionclone.checkpoint import detect_motion_module
+from motionclone.checksums import parse_sha256sums
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WEIGHTS = os.path.join(PACK_ROOT, "bench", "toymodel", "weights")
@@ -19,7 +20,7 @@ FILES = ("toy_unet.safetensors", "toy_motion_module.safetensors", "toy_clip.safe
 
 def _sums() -> dict[str, str]:
     with open(os.path.join(WEIGHTS, "SHA256SUMS")) as handle:
-        return {name: digest for digest, name in (line.split() for line in handle if line.strip())}
+        return parse_sha256sums(handle.read(), "SHA256SUMS", "")
 
 
 def test_every_weight_file_matches_its_sha256():
