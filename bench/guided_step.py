@@ -206,7 +206,7 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
     guided = steps // 2
     sigmas, _ = sampler_nodes.motionclone_sigmas(model, steps, guided, 0.3)
     settings = motionclone.GuidanceSettings(2000.0, 0.3, warm_up=0, cool_down=0)
-    guidance = guided_step.Guidance(representation, settings, memory_mode=mode)
+    guidance = guided_step.Guidance(representation, settings, sampler_nodes.SAMPLER_NODE, memory_mode=mode)
     sampler = guided_sampling.motionclone_ksampler(guidance, motionclone.GuidanceLog())
     weights.update(weight_storages())
     meter.lap()

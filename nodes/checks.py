@@ -13,8 +13,9 @@ import comfy.model_patcher
 import comfy.patcher_extension
 
 from ..motionclone import AnimateDiffMotionModel, FrameCountError, MotionCloneError, MotionRepresentation
+from ..motionclone.errors import IncompatibleModelError
 from ..motionclone.validation import excerpt, require_finite, validate_representation
-from .patching import GUIDANCE_KEY
+from .patching import CORE_CONTEXT_KEY, GUIDANCE_KEY, MULTIGPU_CLONES_KEY, MULTIGPU_KEY, require_motion_model
 
 logger = logging.getLogger("MotionClone")
 
@@ -64,4 +65,36 @@ def refuse_stacked_guidance(model: comfy.model_patcher.ModelPatcher) -> None:
             "The MODEL connected to 'model' already carries 'MotionClone: Guidance', and MotionClone Sampler guides by "
             "itself: its unguided steps would be guided a second time. Connect the MODEL from before 'MotionClone: "
             "Guidance' (or sample the guided MODEL with a stock sampler such as KSampler)."
+        )
+
+
+def require_attention_model(model: comfy.model_patcher.ModelPatcher, node: str) -> AnimateDiffMotionModel:
+    """The motion model of the MODEL whose temporal attention `node` reads or guides, refusing MODELs whose
+    forwards ComfyUI splits out of the pack's sight (`refuse_split_forwards`)."""
+    motion_model = require_motion_model(model)
+    refuse_split_forwards(model.model_options, node, multigpu=bool(model.get_additional_models_with_key(MULTIGPU_KEY)))
+    return motion_model
+
+
+def refuse_split_forwards(model_options: dict, node: str, multigpu: bool = False) -> None:
+    """Refuse ComfyUI's own context windows and multi-GPU work units, at a node's door (its MODEL's options) and
+    at the first guided step (the run's options, which see what was added after the node).
+
+    Both split one UNet forward into several behind the pack's back: the motion would be read from one
+    window's or one device's share of the clip, and multi-GPU forwards run in worker threads without autograd.
+    """
+    if model_options.get(CORE_CONTEXT_KEY) is not None:
+        raise IncompatibleModelError(
+            f"'{node}' cannot read or guide motion through ComfyUI's own context windows (a 'Context Windows "
+            "(Manual)' node on this MODEL): they split every UNet forward into windows the motion cannot follow, so "
+            "it would be read from one window only and guided with the wrong frames. Remove that node and wire "
+            "'MotionClone: Context Windows' in its place, before 'MotionClone: Extract Motion' and the sampler: it "
+            "takes the same length and overlap, and windows plain sampling too."
+        )
+    if multigpu or MULTIGPU_CLONES_KEY in model_options:
+        raise IncompatibleModelError(
+            f"'{node}' cannot read or guide motion on a MODEL set up for several GPUs ('MultiGPU Work Units'): "
+            "ComfyUI spreads its UNet forwards over worker threads that run without gradients, so the motion "
+            "guidance cannot be taken and the motion would be read from one GPU's share. Remove 'MultiGPU Work "
+            "Units' from this MODEL's path; MotionClone runs on one GPU."
         )

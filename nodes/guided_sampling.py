@@ -23,6 +23,7 @@ import torch
 from ..motionclone import GuidanceLog, sample_motionclone
 from ..motionclone.errors import MotionCloneError
 from .autograd import capture_attention
+from .checks import refuse_split_forwards
 from .guided_step import Guidance, apply_cfg, guided_step, schedule_position
 from .patching import current_run
 
@@ -90,6 +91,7 @@ def _motionclone_sampler(model, x, sigmas, extra_args=None, callback=None, disab
         raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
     guider = model.inner_model
     options = extra_args["model_options"]
+    refuse_split_forwards(options, guidance.node)
     run = current_run(options)
     s_in = x.new_ones([x.shape[0]])
 
@@ -143,6 +145,8 @@ class MotionGuidanceWrapper:
         return self  # immutable; ComfyUI 0.3.x deep-copies model_options on every clone
 
     def __call__(self, executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
+        # Nodes after 'MotionClone: Guidance' may have split the forwards (checked before the first one runs).
+        refuse_split_forwards(model_options, self.guidance.node)
         denoised = executor(x, timestep, model_options, seed)
         schedule = model_options.get("transformer_options", {}).get("sample_sigmas")
         position = schedule_position(schedule, timestep)

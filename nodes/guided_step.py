@@ -45,11 +45,13 @@ from .semantic import AppearanceBranch, appearance_targets, semantic_losses
 
 @dataclass(frozen=True)
 class Guidance:
-    """What a node asks a guided step for: the reference motion, the strength and band, optional semantics,
-    and the memory mode of the gradient pass (FAST, BALANCED or LOW, resolved from auto by the node)."""
+    """What a node asks a guided step for: the reference motion, the strength and band, the node's display name
+    (for refusals during sampling), optional semantics, and the memory mode of the gradient pass (FAST, BALANCED or
+    LOW, resolved from auto by the node)."""
 
     representation: MotionRepresentation
     settings: GuidanceSettings
+    node: str
     semantic: SemanticSettings | None = None
     memory_mode: str = FAST
 

@@ -26,10 +26,9 @@ from ..motionclone import (
 )
 from ..motionclone.validation import require_finite
 from .autograd import capture_attention
-from .checks import check_conditioning, check_frame_limit, checked_motion
+from .checks import check_conditioning, check_frame_limit, checked_motion, require_attention_model
 from .context_windows import active_windows, frames_per_forward, read_windows
 from .guided_sampling import read_model, reference_attention
-from .patching import require_motion_model
 from .types import InversionSocket, MotionSocket
 
 MOTION_FOLDER = "motionclone"  # models/motionclone: saved motion representations
@@ -100,7 +99,7 @@ class ExtractMotion(io.ComfyNode):
     @classmethod
     def execute(cls, model, width, height, resize, timestep, seed, blocks, top_k, images=None, vae=None, latent=None,
                 conditioning=None, clip=None, inversion=None, steps=100, guided_steps=-1, guided_fraction=0.3) -> io.NodeOutput:
-        motion_model = require_motion_model(model)
+        motion_model = require_attention_model(model, "MotionClone: Extract Motion")
         if inversion is not None:
             if images is not None or latent is not None:
                 raise MotionCloneError("Connect either 'inversion' or a reference clip ('images' or 'latent'), not both.")

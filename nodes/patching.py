@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -76,6 +76,8 @@ ADE_KEY = "ADE"  # AnimateDiff-Evolved's key for its injections, wrappers and ad
 ATTENTION_OVERRIDE_KEY = "optimized_attention_override"  # transformer_options entry ComfyUI's attention obeys
 WINDOWS_KEY = "motionclone_windows"  # transformer_options entry and CALC_COND_BATCH wrapper of 'Context Windows'
 CORE_CONTEXT_KEY = "context_handler"  # model_options entry of ComfyUI's own context-window nodes
+MULTIGPU_KEY = "multigpu"  # additional models of ComfyUI's 'MultiGPU Work Units': a MODEL's clones for other GPUs
+MULTIGPU_CLONES_KEY = "multigpu_clones"  # model_options entry of a sampling run that spreads forwards over GPUs
 RECOMPUTE_KEY = "motionclone_recompute"  # transformer_options entry: motion modules the gradient pass recomputes
 # Object-patch keys of UNet layers' forwards, indexed as in the UNet without motion modules: ComfyUI applies
 # object patches with injections ejected (ModelPatcher.patch_model's `use_ejected`).
@@ -100,12 +102,26 @@ class SamplingRun:
     """Per-run state of a motion-patched MODEL; lives in `transformer_options[RUN_STATE_KEY]`.
 
     Created by the OUTER_SAMPLE wrapper for each sampling run and removed in its `finally`, so nothing
-    outlives the run. `guidance` is the state of the run's motion guidance, made at its first guided step.
+    outlives the run. `guidance` is the state of the run's motion guidance, made at its first guided step;
+    `aliases` the weights `prepare_gradient_path` replaced, put back by `release_gradient_path`.
     """
 
     motion_model: AnimateDiffMotionModel
     frames: int
     guidance: GuidanceRun | None = None
+    aliases: list[WeightAlias] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class WeightAlias:
+    """A weight of `table` (a module's `_parameters` or `_buffers`) replaced by an ordinary alias of its memory;
+    `address` is where the alias's data lay when it was made (moved since, it is no longer the original's)."""
+
+    table: dict
+    name: str
+    original: torch.Tensor
+    alias: torch.Tensor
+    address: tuple[torch.device, int]
 
 
 def wrap_motion_model(motion_model: AnimateDiffMotionModel) -> comfy.model_patcher.ModelPatcher:
@@ -460,20 +476,40 @@ def _outer_sample(executor, *args, **kwargs):
             "or sample through 'MotionClone: Context Windows' (windows of at most that many frames)."
         )
     transformer_options = guider.model_options.setdefault("transformer_options", {})
-    transformer_options[RUN_STATE_KEY] = SamplingRun(motion_model, frames)
+    run = transformer_options[RUN_STATE_KEY] = SamplingRun(motion_model, frames)
     try:
         return executor(*args, **kwargs)
     finally:
+        release_gradient_path(run)
         transformer_options.pop(RUN_STATE_KEY, None)
+
+
+def without_dynamic_vram(model: comfy.model_patcher.ModelPatcher, node: str) -> comfy.model_patcher.ModelPatcher:
+    """`model`, or its classic delegate where ComfyUI loads it with dynamic VRAM (`ModelPatcherDynamic`, the
+    default on NVIDIA since ComfyUI 0.16), for a node whose sampling takes gradients through the UNet.
+
+    Dynamic VRAM streams weights into the GPU per layer and may evict them before a backward uses them; ComfyUI's
+    own trainer never differentiates through it, it rebuilds a non-dynamic model first. The delegate is ComfyUI's
+    own (`get_non_dynamic_delegate`, the one hooked conditioning uses): the same checkpoint reloaded by its
+    loader on the classic patcher, with every patch, option, wrapper and additional model of `model`; ComfyUI
+    keeps the reloaded weights on `model` for the next run. Feature-detected: older ComfyUIs have no dynamic VRAM.
+    """
+    is_dynamic = getattr(model, "is_dynamic", None)
+    if is_dynamic is None or not is_dynamic():
+        return model
+    try:
+        return model.get_non_dynamic_delegate()
+    except RuntimeError as error:  # a loader that registered no reload factory (cached_patcher_init)
+        raise IncompatibleModelError(
+            f"'{node}' takes gradients through the UNet, which runs on ComfyUI's classic model loading, but this "
+            f"MODEL was loaded with dynamic VRAM by a loader that cannot reload it without ({error}). Load the "
+            "checkpoint with a core loader (Load Checkpoint, Load Diffusion Model), or start ComfyUI with "
+            "--disable-dynamic-vram."
+        ) from None
 
 
 def apply_motion_guidance(model: comfy.model_patcher.ModelPatcher, wrapper) -> comfy.model_patcher.ModelPatcher:
     """Clone `model` with `wrapper` around every noise prediction; one guidance per MODEL (the key replaces)."""
-    if motion_model_of(model) is None:
-        raise IncompatibleModelError(
-            "'MotionClone: Guidance' needs a MODEL with AnimateDiff motion modules. Connect it after "
-            "'MotionClone: Apply AnimateDiff'."
-        )
     patched = model.clone()
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY, wrapper)
@@ -571,16 +607,33 @@ def prepare_gradient_path(run: SamplingRun, inner_model, blocks: tuple[str, ...]
     them. Each is replaced by an ordinary tensor over the same memory (`ordinary_alias`): no weight is
     copied, and outputs and gradients stay bit-identical. It runs at every gradient pass because a run may
     have reloaded (and re-patched) the weights; once the aliases exist it costs one `is_inference()` check
-    per tensor.
+    per tensor. The run records each replacement, and `release_gradient_path` puts the originals back when
+    the run ends: the MODEL leaves the run with the weights it came with.
     """
     for root in _modules_on_path(run, inner_model, blocks):
         for module in root.modules():
-            for name, param in module._parameters.items():
-                if param is not None and param.is_inference():
-                    module._parameters[name] = torch.nn.Parameter(ordinary_alias(param), requires_grad=False)
-            for name, buffer in module._buffers.items():
-                if buffer is not None and buffer.is_inference():
-                    module._buffers[name] = ordinary_alias(buffer)
+            for table, make in ((module._parameters, _parameter_alias), (module._buffers, ordinary_alias)):
+                for name, weight in table.items():
+                    if weight is not None and weight.is_inference():
+                        alias = table[name] = make(weight)
+                        run.aliases.append(WeightAlias(table, name, weight, alias, _address(alias)))
+
+
+def release_gradient_path(run: SamplingRun) -> None:
+    """Put back the weights `prepare_gradient_path` replaced in this run, unless ComfyUI replaced or moved them
+    since (then what it put there stays: the original would be stale)."""
+    for alias in reversed(run.aliases):
+        if alias.table.get(alias.name) is alias.alias and _address(alias.alias) == alias.address:
+            alias.table[alias.name] = alias.original
+    run.aliases.clear()
+
+
+def _address(tensor: torch.Tensor) -> tuple[torch.device, int]:
+    return tensor.device, tensor.data_ptr()
+
+
+def _parameter_alias(param: torch.Tensor) -> torch.nn.Parameter:
+    return torch.nn.Parameter(ordinary_alias(param), requires_grad=False)
 
 
 def ordinary_alias(tensor: torch.Tensor) -> torch.Tensor:

@@ -13,20 +13,20 @@ from ..motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_ste
 from ..motionclone.errors import MotionCloneError
 from ..motionclone.memory import AUTO, MEMORY_MODES
 from ..motionclone.validation import require_finite, require_finite_number
-from .checks import check_conditioning, checked_motion, family_warning, refuse_stacked_guidance
+from .checks import check_conditioning, checked_motion, family_warning, refuse_stacked_guidance, require_attention_model
 from .guided_sampling import MotionGuidanceWrapper, motionclone_ksampler
 from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
 from .patching import (
     GUIDANCE_KEY,
     apply_motion_guidance,
     context_windows_of,
-    motion_model_of,
-    require_motion_model,
     resolve_memory_mode,
     with_memory_mode,
+    without_dynamic_vram,
 )
 from .types import MotionSocket, SemanticGuidanceSocket
 
+SAMPLER_NODE, GUIDANCE_NODE = "MotionClone Sampler", "MotionClone: Guidance"  # display names, also in refusals
 CFG_TOOLTIP = ("Classifier-free guidance in ComfyUI's convention: uncond + cfg * (cond - uncond). The official "
                "code writes cond + s * (cond - uncond), so its cfg_scale 7.5 is cfg 8.5 here (cfg = s + 1).")
 
@@ -116,7 +116,7 @@ class MotionCloneSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MotionCloneSampler",
-            display_name="MotionClone Sampler",
+            display_name=SAMPLER_NODE,
             category="MotionClone",
             description="A KSampler for MotionClone: DDIM over the official schedule, with primary temporal-attention "
             "guidance toward the reference motion in the guided (high-noise) steps.",
@@ -145,8 +145,9 @@ class MotionCloneSampler(io.ComfyNode):
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
                 motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None,
                 memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
-        motion_model = require_motion_model(model)
+        motion_model = require_attention_model(model, SAMPLER_NODE)
         refuse_stacked_guidance(model)
+        model = without_dynamic_vram(model, SAMPLER_NODE)
         motion = checked_motion(motion)
         require_finite_number(motion_weight, "motion_weight")
         check_conditioning(positive, "positive")
@@ -163,7 +164,7 @@ class MotionCloneSampler(io.ComfyNode):
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
                                      gradient_every)
         mode = _memory_mode(memory_mode, model, motion)
-        sampler = motionclone_ksampler(Guidance(motion, settings, semantic_guidance, mode), log)
+        sampler = motionclone_ksampler(Guidance(motion, settings, SAMPLER_NODE, semantic_guidance, mode), log)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
         out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative, samples,
@@ -213,7 +214,7 @@ class MotionCloneGuidance(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MotionCloneGuidance",
-            display_name="MotionClone: Guidance",
+            display_name=GUIDANCE_NODE,
             category="MotionClone",
             description="Adds MotionClone's motion guidance to a MODEL, for any stock sampler (KSampler, "
             "SamplerCustomAdvanced). With the euler/ddim sampler it takes the official guided step exactly; "
@@ -234,14 +235,16 @@ class MotionCloneGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
                 semantic_guidance=None, memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
+        motion_model = require_attention_model(model, GUIDANCE_NODE)
         motion = checked_motion(motion)
         require_finite_number(motion_weight, "motion_weight")
+        model = without_dynamic_vram(model, GUIDANCE_NODE)
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
                                      gradient_every)
         mode = _memory_mode(memory_mode, model, motion)
-        guidance = Guidance(motion, settings, semantic_guidance, mode)
+        guidance = Guidance(motion, settings, GUIDANCE_NODE, semantic_guidance, mode)
         patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)
-        warning = family_warning(motion_model_of(model), motion)
+        warning = family_warning(motion_model, motion)
         text = [warning] if warning else []
         if model.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY):
             text.append("This MODEL already carried 'MotionClone: Guidance'; this node's guidance replaces it "

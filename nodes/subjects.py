@@ -13,7 +13,7 @@ from ..motionclone import AttentionCapture, MotionCloneError
 from ..motionclone.subject import SemanticSettings, SubjectMask, find_token_positions
 from .autograd import capture_forward
 from .guided_sampling import read_model
-from .patching import require_motion_model
+from .checks import require_attention_model
 from .semantic import MASK_CROSS_BLOCKS
 from .types import InversionSocket, SemanticGuidanceSocket, SubjectMaskSocket
 
@@ -97,7 +97,7 @@ class CrossAttentionMask(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt, subject, threshold, blur_kernel_size, blur_sigma, centroid_sigma, timestep,
                 seed, inversion=None, latent=None) -> io.NodeOutput:
-        require_motion_model(model)
+        require_attention_model(model, "MotionClone: Cross-Attention Mask")
         if blur_kernel_size % 2 == 0:
             raise MotionCloneError(f"'blur_kernel_size' must be odd, got {blur_kernel_size}; use {blur_kernel_size + 1}.")
         words, positions = subject_token_positions(clip, prompt, subject)

@@ -38,12 +38,20 @@ def weight_path(name: str, folder: str = WEIGHTS_DIR) -> str:
     return verified_path(folder, name, "The toy model", RESTORE_WEIGHTS)
 
 
-def load_toy_unet() -> comfy.model_patcher.ModelPatcher:
+def load_toy_unet(disable_dynamic: bool = False) -> comfy.model_patcher.ModelPatcher:
+    """The toy UNet on the patcher ComfyUI's own loaders use (`CoreModelPatcher`: the dynamic-VRAM one where that
+    is on), with the reload factory they register (`cached_patcher_init`), so that it is loaded, offloaded and
+    reloaded without dynamic VRAM exactly as a checkpoint from Load Checkpoint is. Older ComfyUIs have neither."""
     model = architecture.build_unet_model()
+    patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else getattr(
+        comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_class(model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
     state = comfy.utils.load_torch_file(weight_path(UNET_FILE), safe_load=True)
-    model.load_model_weights(state, "model.diffusion_model.")
-    return comfy.model_patcher.ModelPatcher(
-        model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
+    dynamic = getattr(patcher, "is_dynamic", lambda: False)()
+    model.load_model_weights(state, "model.diffusion_model.", **({"assign": True} if dynamic else {}))
+    if hasattr(patcher, "cached_patcher_init"):
+        patcher.cached_patcher_init = (load_toy_unet, ())
+    return patcher
 
 
 def load_toy_clip() -> comfy.sd.CLIP:
