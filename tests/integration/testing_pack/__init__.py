@@ -392,6 +392,137 @@ class GraphProbe:
         return (patched,)
 
 
+class ForeignTemporalLayer:
+    """Another pack's temporal layer, as AnimateDiff-Evolved adds its own: an identity layer injected at the end
+    of output blocks 3-5 (where up_blocks.1's motion modules sit), run by its own `forward_timestep_embed_patch`
+    handler, which records the class of every layer it is handed. `handler_first` puts the handler before the
+    MODEL's others (ComfyUI uses the first whose class matches), else after."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""}),
+                             "handler_first": ("BOOLEAN", {"default": False})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    class Layer(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    def patch(self, model, report_path, handler_first):
+        layers = {block: self.Layer() for block in (3, 4, 5)}
+        handled = []
+
+        def handler(layer, x, emb, context, transformer_options, *args):
+            handled.append(type(layer).__name__)
+            with open(report_path, "w") as f:
+                json.dump(handled, f)
+            return layer(x)
+
+        def inject(patcher):
+            for block, layer in layers.items():
+                patcher.model.diffusion_model.output_blocks[block].append(layer)
+
+        def eject(patcher):
+            for block, layer in layers.items():
+                sequence = patcher.model.diffusion_model.output_blocks[block]
+                for index, candidate in enumerate(sequence):
+                    if candidate is layer:
+                        del sequence[index]
+                        break
+
+        patched = model.clone()
+        patched.set_injections("motionclone_test_foreign", [comfy.patcher_extension.PatcherInjection(inject, eject)])
+        options = patched.model_options.setdefault("transformer_options", {})
+        patches = options["patches"] = dict(options.get("patches", {}))
+        others = list(patches.get("forward_timestep_embed_patch", []))
+        entry = (self.Layer, handler)
+        patches["forward_timestep_embed_patch"] = [entry, *others] if handler_first else [*others, entry]
+        return (patched,)
+
+
+class MultiGPUClone:
+    """The MODEL as ComfyUI's 'MultiGPU Work Units' leaves it on a machine with a second GPU: a clone for that
+    device among its additional models, marked as a multi-GPU base clone (here on the same device: a CPU has
+    no second one)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",)}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    def patch(self, model):
+        patched = model.clone()
+        second = model.clone()
+        second.is_multigpu_base_clone = True
+        patched.set_additional_models("multigpu", [second])
+        return (patched,)
+
+
+class StepClock:
+    """OUTER_SAMPLE wrapper writing, per sampling run, a clock reading at its start and after every step (the
+    sampler's per-step callback; CUDA synchronised), the peak CUDA memory allocated in between (0 on a CPU), and
+    whether the patcher that samples is the dynamic-VRAM one. A JSON list, one entry per run, at report_path."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "patch"
+    CATEGORY = "testing"
+
+    CALLBACK_POSITION = 5  # outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, ...)
+
+    def patch(self, model, report_path):
+        import time
+
+        runs = []
+
+        def outer_sample(executor, *args, **kwargs):
+            cuda = torch.cuda.is_available()
+            run = {"seconds": [], "peak_bytes": [], "dynamic": getattr(executor.class_obj.model_patcher, "is_dynamic", lambda: False)()}
+            runs.append(run)
+
+            def tick():
+                if cuda:
+                    torch.cuda.synchronize()
+                    run["peak_bytes"].append(torch.cuda.max_memory_allocated())
+                    torch.cuda.reset_peak_memory_stats()
+                else:
+                    run["peak_bytes"].append(0)
+                run["seconds"].append(time.perf_counter())
+
+            args = list(args)
+            given = args[self.CALLBACK_POSITION] if len(args) > self.CALLBACK_POSITION else kwargs.get("callback")
+
+            def callback(*a, **k):
+                tick()
+                return given(*a, **k) if given is not None else None
+
+            if len(args) > self.CALLBACK_POSITION:
+                args[self.CALLBACK_POSITION] = callback
+            else:
+                kwargs["callback"] = callback
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()  # the run's peak, not an earlier one's
+            tick()
+            try:
+                return executor(*args, **kwargs)
+            finally:
+                with open(report_path, "w") as f:
+                    json.dump(runs, f)
+
+        patched = model.clone()
+        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "motionclone_test_clock", outer_sample)
+        return (patched,)
+
+
 class Poison:
     """Puts one NaN into an IMAGE, LATENT or CONDITIONING: what a broken upstream node hands on."""
 
@@ -428,4 +559,7 @@ NODE_CLASS_MAPPINGS = {
     "MotionCloneTestMotionLossProbe": MotionLossProbe,
     "MotionCloneTestInterruptAtCall": InterruptAtCall,
     "MotionCloneTestGraphProbe": GraphProbe,
+    "MotionCloneTestForeignTemporalLayer": ForeignTemporalLayer,
+    "MotionCloneTestMultiGPUClone": MultiGPUClone,
+    "MotionCloneTestStepClock": StepClock,
 }
