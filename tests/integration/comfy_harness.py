@@ -136,8 +136,9 @@ class ComfyUI:
                     node["inputs"][name] = options["default"]
                 elif isinstance(spec[0], list):
                     node["inputs"][name] = spec[0][0]
-                elif "options" in options:
-                    node["inputs"][name] = options["options"][0]
+                elif "options" in options:  # a V3 combo; a dynamic combo's options are {"key": ..., "inputs": ...}
+                    first = options["options"][0]
+                    node["inputs"][name] = first["key"] if isinstance(first, dict) else first
         return prompt
 
     def run_prompt(self, prompt: dict) -> dict:

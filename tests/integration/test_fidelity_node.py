@@ -32,7 +32,8 @@ def _pan(pan, frames: int = 8, size: int = 64, texture_seed: int = 1):
 
 @pytest.fixture(scope="module")
 def clips(comfyui) -> dict[str, str]:
-    """Toy clips saved as multi-page TIFFs in ComfyUI's output folder: LoadImage reads them as IMAGE batches."""
+    """Toy clips saved as animated PNGs in ComfyUI's output folder: LoadImage reads them as IMAGE batches, frame
+    for frame, through Pillow (ComfyUI 0.8) or PyAV (0.33 tries it first, and it reads only a TIFF's first page)."""
     frames = {
         "right": _moving("circle", "red", (2.0, 0.0)),
         "right_other": _moving("square", "blue", (2.5, 0.0)),
@@ -51,8 +52,11 @@ def clips(comfyui) -> dict[str, str]:
     names = {}
     for name, clip in frames.items():
         pages = [Image.fromarray(np.round(frame.numpy() * 255).astype(np.uint8)) for frame in clip]
-        filename = f"toy_{name}.tiff"
-        pages[0].save(os.path.join(comfyui.output_dir, filename), save_all=True, append_images=pages[1:])
+        filename = f"toy_{name}.png"
+        path = os.path.join(comfyui.output_dir, filename)
+        pages[0].save(path, save_all=True, append_images=pages[1:])
+        with Image.open(path) as written:  # Pillow merges a frame equal to the one before into it
+            assert written.n_frames == len(pages), name
         names[name] = f"{filename} [output]"
     return names
 

@@ -28,7 +28,9 @@ CPU_OVERRIDES = {"width": 64, "height": 64, "batch_size": FRAMES, "steps": 4, "g
 # checks in test_toy_demo.py instead of the official ones.
 CPU_READY_WORKFLOWS = {"0-try-it-on-cpu"}
 FRONTEND_ONLY_NODES = {"Note", "MarkdownNote"}  # exist only in the frontend; never sent to the server
-WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"  # a combo whose chosen option may bring widgets of its own (ComfyUI >= 0.1x)
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO", DYNAMIC_COMBO}
+PACK_NODE_PREFIX = "MotionClone"  # the pack's own nodes: its workflows carry every widget of theirs
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 
 
@@ -47,14 +49,19 @@ class Widget:
     name: str
     kind: str  # "value" (sent to the server), "control" (after-generate mode) or "upload" (upload button)
     spec: tuple = ()
+    optional: bool = False
+
+    @property
+    def default(self):
+        return self.spec[1].get("default") if len(self.spec) > 1 else None
 
 
-def _input_specs(info: dict) -> list[tuple[str, list]]:
+def _input_specs(info: dict, with_section: bool = False) -> list[tuple]:
     specs = []
     for section in ("required", "optional"):
         declared = info["input"].get(section, {})
         for name in info.get("input_order", {}).get(section, list(declared)):
-            specs.append((name, declared[name]))
+            specs.append((name, declared[name], section) if with_section else (name, declared[name]))
     return specs
 
 
@@ -66,11 +73,11 @@ def _is_widget(spec: list) -> bool:
 def widget_layout(info: dict) -> list[Widget]:
     """The entries of a node's `widgets_values`, in order, as the frontend writes them."""
     layout = []
-    for name, spec in _input_specs(info):
+    for name, spec, section in _input_specs(info, with_section=True):
         if not _is_widget(spec):
             continue
         options = spec[1] if len(spec) > 1 else {}
-        layout.append(Widget(name, "value", tuple(spec)))
+        layout.append(Widget(name, "value", tuple(spec), optional=section == "optional"))
         # The frontend's rule: an explicit control_after_generate decides; without one, seed names get it.
         if spec[0] == "INT" and options.get("control_after_generate", name in ("seed", "noise_seed")):
             layout.append(Widget("control_after_generate", "control"))
@@ -80,7 +87,28 @@ def widget_layout(info: dict) -> list[Widget]:
 
 
 def combo_options(spec: tuple) -> list:
+    if spec[0] == DYNAMIC_COMBO:
+        return [option["key"] for option in spec[1]["options"]]
     return spec[0] if isinstance(spec[0], list) else spec[1].get("options", [])
+
+
+def _nested_widgets(spec: tuple, value) -> list:
+    """The widgets a dynamic combo's chosen option adds after it (this converter lays out none of them)."""
+    if spec[0] != DYNAMIC_COMBO:
+        return []
+    option = next((o for o in spec[1]["options"] if o["key"] == value), {"inputs": {}})
+    return [name for section in option["inputs"].values() if isinstance(section, dict) for name in section]
+
+
+def frontend_filled(node_type: str, layout: list[Widget], values: list) -> list[Widget]:
+    """The widgets after the last saved value that the frontend gives their defaults when it loads the workflow:
+    inputs a core node gained after the workflow was saved (optional, with a default). Empty when any missing
+    widget is not such, and for the pack's own nodes, whose workflows must carry every widget."""
+    missing = layout[len(values):]
+    if node_type.startswith(PACK_NODE_PREFIX) or not all(w.kind == "value" and w.optional and w.default is not None
+                                                          for w in missing):
+        return []
+    return missing
 
 
 def _value_problem(widget: Widget, value) -> str | None:
@@ -89,7 +117,7 @@ def _value_problem(widget: Widget, value) -> str | None:
     if widget.kind == "upload":
         return None if isinstance(value, str) else "must be a string"
     kind, options = widget.spec[0], widget.spec[1] if len(widget.spec) > 1 else {}
-    if isinstance(kind, list) or kind == "COMBO":
+    if isinstance(kind, list) or kind in ("COMBO", DYNAMIC_COMBO):
         choices = combo_options(widget.spec)
         return None if value in choices else f"is not in the list {choices[:8]}{' ...' if len(choices) > 8 else ''}"
     expected = {"INT": int, "FLOAT": (int, float), "STRING": str, "BOOLEAN": bool}[kind]
@@ -132,7 +160,9 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
         for name, spec in info["input"].get("required", {}).items():
             if not _is_widget(spec) and name not in linked:
                 problems.append(f"{label(node)}: required input '{name}' is not connected")
-        if not isinstance(values, list) or len(values) != len(layout):
+        complete = isinstance(values, list) and (
+            len(values) == len(layout) or len(values) < len(layout) and frontend_filled(node["type"], layout, values))
+        if not complete:
             names = ", ".join(w.name for w in layout)
             count = len(values) if isinstance(values, list) else "non-list"
             problems.append(f"{label(node)}: {count} widget values for {len(layout)} widgets ({names}); the workflow "
@@ -142,6 +172,9 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
             problem = None if widget.name in linked else _value_problem(widget, value)
             if problem:
                 problems.append(f"{label(node)}: widget '{widget.name}' = {value!r} {problem}")
+            elif _nested_widgets(widget.spec, value):
+                problems.append(f"{label(node)}: widget '{widget.name}' = {value!r} adds widgets of its own "
+                                f"({', '.join(_nested_widgets(widget.spec, value))}), which the tests' converter does not lay out")
 
     for link_id, origin_id, origin_slot, target_id, target_slot, link_type in workflow["links"]:
         origin, target = nodes.get(origin_id), nodes.get(target_id)
@@ -171,9 +204,11 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
 
 
 def named_widget_values(node: dict, object_info: dict) -> dict:
-    """The values a node sends to the server, by input name (frontend-only entries left out)."""
-    layout = widget_layout(object_info[node["type"]])
-    return {w.name: value for w, value in zip(layout, node.get("widgets_values", [])) if w.kind == "value"}
+    """The values a node sends to the server, by input name (frontend-only entries left out), with the defaults
+    the frontend gives widgets the workflow predates (`frontend_filled`)."""
+    layout, values = widget_layout(object_info[node["type"]]), node.get("widgets_values", [])
+    named = {w.name: value for w, value in zip(layout, values) if w.kind == "value"}
+    return {**named, **{w.name: w.default for w in frontend_filled(node["type"], layout, values)}}
 
 
 def to_api_prompt(workflow: dict, object_info: dict) -> dict:
