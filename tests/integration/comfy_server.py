@@ -77,15 +77,16 @@ def install_pack(base: Path) -> None:
 
 
 @contextmanager
-def running_server(root: str, base: Path, *extra_args: str, timeout: float = 120):
+def running_server(root: str, base: Path, *extra_args: str, timeout: float = 120, cpu: bool = True):
     """Start `main.py` of the ComfyUI at `root` on a free port of 127.0.0.1, with `base` as its base
-    directory and `extra_args` appended to its command line; stop it on exit."""
+    directory and `extra_args` appended to its command line (`--cpu` first unless `cpu` is False); stop it
+    on exit."""
     port = free_port()
     log_path = base / "server.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "serve_comfyui.py"), root, "--cpu", "--listen", "127.0.0.1",
+            [sys.executable, os.path.join(HERE, "serve_comfyui.py"), root, *(["--cpu"] if cpu else []), "--listen", "127.0.0.1",
              "--port", str(port), "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'comfyui.db'}",
              "--disable-auto-launch", "--disable-api-nodes", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,

@@ -31,20 +31,24 @@ CHECKPOINT_UNET = {
     "num_heads": 8, "use_spatial_transformer": True, "legacy": False, "image_size": 32,
 }
 CHECKPOINT_CHANNELS = (320, 320, 320, 320)
+# SD1.5's own UNet config (860M parameters) and the widths of a v3 motion module for it.
+SD15_UNET = {**CHECKPOINT_UNET, "channel_mult": [1, 2, 4, 4], "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+SD15_CHANNELS = (320, 640, 1280, 1280)
 CLIP_FPS = 8
 
 
-def write_sd15_checkpoint(path: Path) -> None:
+def write_sd15_checkpoint(path: Path, unet: dict = CHECKPOINT_UNET) -> None:
     """A single-file SD1.5 checkpoint in the LDM key layout: UNet, CLIP-L text encoder, and a TAESD as its VAE.
 
     The text encoder has CLIP-L's real size (ComfyUI builds SD1.5's from a fixed config); the VAE is a
-    TAESD, which ComfyUI's VAE class recognises by its keys, to keep encoding and decoding instant.
+    TAESD, which ComfyUI's VAE class recognises by its keys, to keep encoding and decoding instant. `unet`:
+    the UNet config (`SD15_UNET` for SD1.5's full size).
     """
     import comfy.sd1_clip
     import comfy.supported_models
     from testing_pack import seeded_weights, tiny_taesd_state
 
-    config = comfy.supported_models.SD15(dict(CHECKPOINT_UNET))
+    config = comfy.supported_models.SD15(dict(unet))
     config.set_inference_dtype(torch.float32, None)
     state = {f"model.diffusion_model.{k}": v for k, v in seeded_weights(config.get_model({}).diffusion_model, seed=21).items()}
     text_encoder = seeded_weights(comfy.sd1_clip.SD1ClipModel(device="cpu"), seed=22)
