@@ -26,7 +26,7 @@ def test_project_table_has_the_registry_fields():
 def test_comfy_table_has_publisher_name_icon_and_comfyui_floor():
     comfy = _pyproject()["tool"]["comfy"]
     assert comfy["PublisherId"] and comfy["DisplayName"] == "MotionClone"
-    assert comfy["requires-comfyui"] == ">=0.3.64"
+    assert comfy["requires-comfyui"] == ">=0.8.0"
     assert comfy["Icon"].endswith("/icon.svg") and os.path.isfile(os.path.join(PACK_ROOT, "icon.svg"))
 
 

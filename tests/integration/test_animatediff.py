@@ -185,7 +185,7 @@ def test_comfyui_reads_the_pyproject(comfyui):
     config = parser.extract_node_configuration(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
     assert config.project.name == "comfyui-motionclone"
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "MotionClone"
-    assert config.project.supported_comfyui_version == ">=0.3.64"
+    assert config.project.supported_comfyui_version == ">=0.8.0"
     assert config.tool_comfy.icon.endswith("icon.svg")
     assert config.tool_comfy.includes == ["workflows"]
     assert [m.location for m in config.tool_comfy.models] == ["/animatediff_models/v3_sd15_mm.ckpt"]
