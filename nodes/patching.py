@@ -11,7 +11,9 @@ How AnimateDiff reaches a ComfyUI MODEL (no monkeypatching, nothing global):
 - a `forward_timestep_embed_patch` tells ComfyUI's UNet how to call them (with the frame count and the
   per-forward `AttentionCapture`, both read from `transformer_options`);
 - a `model_sampling` object patch switches to the beta schedule AnimateDiff was trained with;
-- an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`;
+- an OUTER_SAMPLE wrapper creates one `SamplingRun` per sampling run and removes it in `finally`, with the
+  weights the gradient pass aliased put back: patch objects are shared between a MODEL's clones (ComfyUI
+  0.14 and newer) and hold nothing of a run, so none needs ComfyUI's after-sampling `cleanup()`;
 - 'MotionClone: Guidance' adds a PREDICT_NOISE wrapper that applies motion guidance in any sampler;
 - 'MotionClone: Context Windows' puts its `ContextWindows` into `transformer_options[WINDOWS_KEY]` and adds
   a CALC_COND_BATCH wrapper that runs every forward over more frames than a window window by window;

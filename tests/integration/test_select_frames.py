@@ -88,3 +88,10 @@ def test_a_clip_shorter_than_the_span_is_refused_naming_the_input(comfyui, clip_
         comfyui.run_prompt(_prompt(clip_name, span_seconds=3.0))
     message = str(failure.value)
     assert "the clip has 60 frames at 30 fps (2.00 s)" in message and "lower 'span_seconds' to at most" in message
+
+
+@pytest.mark.parametrize("name", ["start_seconds", "span_seconds", "target_fps"])
+def test_a_nan_number_is_refused_by_name_through_the_node(comfyui, clip_name, name):
+    """NaN passes ComfyUI's min/max validation of a FLOAT widget (every comparison with it is false)."""
+    with pytest.raises(PromptFailed, match=f"'{name}' is nan; it must be a finite number. Type a number into '{name}'"):
+        comfyui.run_prompt(_prompt(clip_name, **{name: float("nan"), "mode": "fps" if name == "target_fps" else "span"}))

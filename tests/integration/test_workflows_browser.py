@@ -20,7 +20,8 @@ import pytest
 
 from comfy_harness import PACK_ROOT
 from comfy_server import PACK_FOLDER_NAME, running_server
-from workflows import cpu_overrides_for, load_workflow, to_api_prompt, validate_workflow, with_cpu_overrides, workflow_paths
+from workflows import (cpu_overrides_for, load_workflow, to_api_prompt, validate_workflow, widgets_as_loaded, with_cpu_overrides,
+                       workflow_paths)
 
 pytestmark = pytest.mark.browser
 
@@ -136,9 +137,10 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
 
     saved = page.evaluate("() => app.graph.serialize()")  # what Workflow -> Save would write
     assert validate_workflow(saved, object_info) == [], "the workflow as the frontend saves it fails validation"
-    loaded = {node["id"]: node.get("widgets_values") for node in saved["nodes"]}
+    loaded = {str(node["id"]): node.get("widgets_values") for node in saved["nodes"]}  # ids are strings from 1.4x
     for node in workflow["nodes"]:
-        assert loaded[node["id"]] == node["widgets_values"], f"node {node['id']} ({node['type']}): the frontend reads its widgets differently"
+        assert loaded[str(node["id"])] == widgets_as_loaded(node, object_info), (
+            f"node {node['id']} ({node['type']}): the frontend reads its widgets differently")
     assert _frontend_prompt(page, object_info) == to_api_prompt(workflow, object_info), "the frontend queues another prompt than the tests' converter"
 
     overrides = cpu_overrides_for(name)
@@ -173,8 +175,8 @@ def test_template_browser_offers_every_workflow_and_opens_it(server, page):
     cards.get_by_text(first, exact=True).first.click()
     workflow = load_workflow(WORKFLOWS[first])
     page.wait_for_function("(count) => app.graph.nodes.length === count", arg=len(workflow["nodes"]), timeout=30_000)
-    opened = page.evaluate("() => app.graph.nodes.map((node) => [node.id, node.type])")
-    assert sorted(opened) == sorted([node["id"], node["type"]] for node in workflow["nodes"])
+    opened = page.evaluate("() => app.graph.nodes.map((node) => [String(node.id), node.type])")
+    assert sorted(opened) == sorted([str(node["id"]), node["type"]] for node in workflow["nodes"])
     panel.wait_for(state="hidden", timeout=10_000)
     assert page.evaluate(OPEN_DIALOGS) == [], "a dialog opened on opening the workflow"
     assert page.uncaught_errors == [], page.uncaught_errors

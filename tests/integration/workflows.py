@@ -94,7 +94,7 @@ def combo_options(spec: tuple) -> list:
 
 def _nested_widgets(spec: tuple, value) -> list:
     """The widgets a dynamic combo's chosen option adds after it (this converter lays out none of them)."""
-    if spec[0] != DYNAMIC_COMBO:
+    if not spec or spec[0] != DYNAMIC_COMBO:
         return []
     option = next((o for o in spec[1]["options"] if o["key"] == value), {"inputs": {}})
     return [name for section in option["inputs"].values() if isinstance(section, dict) for name in section]
@@ -201,6 +201,15 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
                 problems.append(f"link {link_id}: {label(origin)} output {output_type} -> {label(target)} "
                                 f"input '{socket['name']}' ({declared_type})")
     return problems
+
+
+def widgets_as_loaded(node: dict, object_info: dict) -> list:
+    """The node's `widgets_values` as the frontend holds them once it loaded the workflow: the saved ones, then
+    the defaults of widgets the workflow predates (`frontend_filled`)."""
+    values = node.get("widgets_values", [])
+    if node["type"] in FRONTEND_ONLY_NODES:
+        return values
+    return [*values, *(w.default for w in frontend_filled(node["type"], widget_layout(object_info[node["type"]]), values))]
 
 
 def named_widget_values(node: dict, object_info: dict) -> dict:

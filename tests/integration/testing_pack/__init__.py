@@ -359,8 +359,8 @@ class InterruptAtCall:
         return (patched,)
 
 
-class GraphProbe:
-    """DIFFUSION_MODEL wrapper recording, per UNet call, which output blocks end with an autograd graph (last layer)."""
+class _ReportingPatch:
+    """A test node that patches a MODEL and writes what it sees to a JSON file at report_path."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -369,6 +369,10 @@ class GraphProbe:
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
     CATEGORY = "testing"
+
+
+class GraphProbe(_ReportingPatch):
+    """DIFFUSION_MODEL wrapper recording, per UNet call, which output blocks end with an autograd graph (last layer)."""
 
     def patch(self, model, report_path):
         calls = []
@@ -464,18 +468,10 @@ class MultiGPUClone:
         return (patched,)
 
 
-class StepClock:
+class StepClock(_ReportingPatch):
     """OUTER_SAMPLE wrapper writing, per sampling run, a clock reading at its start and after every step (the
     sampler's per-step callback; CUDA synchronised), the peak CUDA memory allocated in between (0 on a CPU), and
     whether the patcher that samples is the dynamic-VRAM one. A JSON list, one entry per run, at report_path."""
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""})}}
-
-    RETURN_TYPES = ("MODEL",)
-    FUNCTION = "patch"
-    CATEGORY = "testing"
 
     CALLBACK_POSITION = 5  # outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, ...)
 
