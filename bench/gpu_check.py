@@ -137,14 +137,13 @@ def step_seconds(seconds: list[float], first: int, last: int) -> float | None:
     return statistics.median(durations) if durations else None
 
 
-def run_config(root: str, work: Path, models: Path, dynamic: bool, cpu: bool) -> list[dict]:
-    """Every case and mode on one server; a row per run."""
+def run_config(root: str, work: Path, models: Path, dynamic: bool, cpu: bool, flags: tuple[str, ...]) -> list[dict]:
+    """Every case and mode on one server started with `flags`; a row per run."""
     from comfy_server import install_pack, running_server
 
     base = work / ("dynamic" if dynamic else "classic")
     install_pack(base)
     os.symlink(models, base / "models")
-    flags = () if dynamic else ("--disable-dynamic-vram",)
     rows = []
     with running_server(root, base, *flags, timeout=300, cpu=cpu) as server:
         for case in cases(cpu):
@@ -248,8 +247,9 @@ def main() -> int:
     write_models(models, args.cpu)
     print(f"models written in {time.perf_counter() - started:.0f} s", flush=True)
     rows = []
-    for dynamic in (True, False) if has_dynamic_vram else (False,):
-        rows += run_config(root, work, models, dynamic, args.cpu)
+    configs = ((True, ()), (False, ("--disable-dynamic-vram",))) if has_dynamic_vram else ((False, ()),)
+    for dynamic, flags in configs:
+        rows += run_config(root, work, models, dynamic, args.cpu, flags)
     if not has_dynamic_vram:
         print(f"ComfyUI {COMFY_VERSION} has no dynamic VRAM (no --disable-dynamic-vram): classic loading only")
     device = "CPU (dry run: no dynamic VRAM on a CPU)" if args.cpu else torch.cuda.get_device_name()

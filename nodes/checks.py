@@ -78,7 +78,8 @@ def require_attention_model(model: comfy.model_patcher.ModelPatcher, node: str) 
 
 def refuse_split_forwards(model_options: dict, node: str, multigpu: bool = False) -> None:
     """Refuse ComfyUI's own context windows and multi-GPU work units, at a node's door (its MODEL's options) and
-    at the first guided step (the run's options, which see what was added after the node).
+    before a guided run's first forward (the run's options, which see what nodes after 'MotionClone: Guidance'
+    added).
 
     Both split one UNet forward into several behind the pack's back: the motion would be read from one
     window's or one device's share of the clip, and multi-GPU forwards run in worker threads without autograd.

@@ -490,8 +490,9 @@ def without_dynamic_vram(model: comfy.model_patcher.ModelPatcher, node: str) -> 
     """`model`, or its classic delegate where ComfyUI loads it with dynamic VRAM (`ModelPatcherDynamic`, the
     default on NVIDIA since ComfyUI 0.16), for a node whose sampling takes gradients through the UNet.
 
-    Dynamic VRAM streams weights into the GPU per layer and may evict them before a backward uses them; ComfyUI's
-    own trainer never differentiates through it, it rebuilds a non-dynamic model first. The delegate is ComfyUI's
+    Dynamic VRAM (comfy-aimdo) streams weights into the GPU layer by layer, a path no backward has been shown to
+    be safe on: ComfyUI's own trainer never differentiates through it, it rebuilds a non-dynamic model first. The
+    delegate is ComfyUI's
     own (`get_non_dynamic_delegate`, the one hooked conditioning uses): the same checkpoint reloaded by its
     loader on the classic patcher, with every patch, option, wrapper and additional model of `model`; ComfyUI
     keeps the reloaded weights on `model` for the next run. Feature-detected: older ComfyUIs have no dynamic VRAM.
