@@ -17,7 +17,7 @@ compares each guided latent of dynamic VRAM on with the one of off: their larges
 latent's largest magnitude, within TOLERANCE (the delegate runs the same weights and kernels; the difference
 is the GPU's run-to-run nondeterminism, far below anything visible).
 
-`--cpu`: a dry run on the CPU at tiny sizes (toy 4 frames of 64x64; SD1.5 replaced by the tests' narrow
+`--cpu`: a dry run on the CPU at tiny sizes, both servers at once (toy 4 frames of 64x64; SD1.5 replaced by the tests' narrow
 SD1.5-layout checkpoint at 2 frames of 64x64, 4 steps), so that the script cannot rot: a test runs it. A CPU
 has no dynamic VRAM: both servers load classically.
 
@@ -28,6 +28,7 @@ Needs the ComfyUI's requirements (comfy-aimdo with them) and a CUDA torch; made 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import statistics
@@ -248,8 +249,10 @@ def main() -> int:
     print(f"models written in {time.perf_counter() - started:.0f} s", flush=True)
     rows = []
     configs = ((True, ()), (False, ("--disable-dynamic-vram",))) if has_dynamic_vram else ((False, ()),)
-    for dynamic, flags in configs:
-        rows += run_config(root, work, models, dynamic, args.cpu, flags)
+    # On a GPU one server at a time (the timings and peaks are the point); the dry run's servers side by side.
+    with concurrent.futures.ThreadPoolExecutor(len(configs) if args.cpu else 1) as pool:
+        for part in pool.map(lambda config: run_config(root, work, models, config[0], args.cpu, config[1]), configs):
+            rows += part
     if not has_dynamic_vram:
         print(f"ComfyUI {COMFY_VERSION} has no dynamic VRAM (no --disable-dynamic-vram): classic loading only")
     device = "CPU (dry run: no dynamic VRAM on a CPU)" if args.cpu else torch.cuda.get_device_name()
