@@ -1,6 +1,6 @@
 """The Templates panel's view of the pack over HTTP, as both frontends request it.
 
-Both frontends (1.27 of ComfyUI 0.3.64, 1.35 of 0.8.0) title a custom-node template by its file name and
+Both frontends (1.35 of ComfyUI 0.8.0, 1.48 of 0.33.0) title a custom-node template by its file name and
 ask for the card image at `/api/workflow_templates/<pack folder>/<name>.jpg`; they keep the order of
 `/workflow_templates`, which is the order the server's directory listing returns.
 """
@@ -30,7 +30,7 @@ def _fetch(server, path: str) -> tuple[int, str, bytes]:
 def test_the_listing_holds_every_workflow_once_in_the_folder_order(server):
     listed = server.get("/workflow_templates")[PACK_FOLDER_NAME]
     assert sorted(listed) == sorted(WORKFLOWS) and len(listed) == len(set(listed))
-    # ComfyUI 0.3.64 and 0.8.0 list in the order the file system returns (on ext4 a hash order, not 0 to
+    # ComfyUI 0.8.0 and 0.33.0 list in the order the file system returns (on ext4 a hash order, not 0 to
     # 6), which is why the names carry their number (see the README); a ComfyUI that sorts lists 0 to 6.
     folder_order = [entry.name[:-5] for entry in os.scandir(WORKFLOWS_DIR) if entry.name.endswith(".json")]
     assert listed in (folder_order, sorted(WORKFLOWS))
