@@ -43,6 +43,7 @@ import tempfile
 import threading
 import time
 import weakref
+from types import SimpleNamespace
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
@@ -108,7 +109,7 @@ class MemoryMeter:
         self._running = False
 
 
-def build(args, patching, motionclone):
+def build(args, engine, motionclone):
     """The motion-patched MODEL, a random prompt embedding, and the weights' bytes."""
     import comfy.model_management
     import comfy.model_patcher
@@ -133,8 +134,8 @@ def build(args, patching, motionclone):
         # ComfyUI's default attention on a CPU is its split kernel, slower than the SDPA the gradient pass uses:
         # plain forwards get SDPA too, as on a GPU by default.
         transformer_options = patcher.model_options.setdefault("transformer_options", {})
-        transformer_options[patching.ATTENTION_OVERRIDE_KEY] = pytorch_attention
-    motion_patched = patching.apply_motion_model(patcher, patching.wrap_motion_model(motion_model), "sqrt_linear")
+        transformer_options[engine.run.ATTENTION_OVERRIDE_KEY] = pytorch_attention
+    motion_patched = engine.motion_model.apply_motion_model(patcher, engine.motion_model.wrap_motion_model(motion_model), "sqrt_linear")
     return motion_patched, context, weight_bytes
 
 
@@ -151,13 +152,13 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
     import comfy.sample
     import torch
 
-    patching, guided_sampling, guided_step, sampler_nodes, motionclone = modules
+    engine, motionclone = modules
     conditioning = [[context, {}]]
     negative = [[torch.randn(context.shape, generator=torch.Generator().manual_seed(1)), {}]]
     latent = torch.zeros(frames, 4, size // 8, size // 8)
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(0))
     sigma = model.get_model_object("model_sampling").sigmas[400].float().cpu()
-    probs, family = guided_sampling.reference_attention(model, latent, conditioning, sigma, noise, ("up_blocks.1",))
+    probs, family = engine.reading.reference_attention(model, latent, conditioning, sigma, noise, ("up_blocks.1",))
     metadata = motionclone.MotionMetadata(frames, size // 8, size // 8, tuple(sorted(probs)), ("up_blocks.1",), 1, 400,
                                           family)
     representation = motionclone.top_k_representation(probs, 1, metadata)
@@ -169,7 +170,7 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
     live, step_peak = [0], [0]
 
     def weight_storages() -> set[int]:  # re-read: the first gradient pass replaces inference-mode weights
-        modules = (model.model, patching.motion_model_of(model))
+        modules = (model.model, engine.run.motion_model_of(model))
         return {t.untyped_storage().data_ptr() for m in modules for t in (*m.parameters(), *m.buffers())}
 
     def callback(step, x0, x, total):
@@ -204,14 +205,14 @@ def measure(modules, model, context, frames: int, size: int, mode: str, meter: M
         return tensor
 
     guided = steps // 2
-    sigmas, _ = sampler_nodes.motionclone_sigmas(model, steps, guided, 0.3)
+    sigmas, _ = engine.samplers.motionclone_sigmas(model, steps, guided, 0.3)
     settings = motionclone.GuidanceSettings(2000.0, 0.3, warm_up=0, cool_down=0)
-    guidance = guided_step.Guidance(representation, settings, sampler_nodes.SAMPLER_NODE, memory_mode=mode)
-    sampler = guided_sampling.motionclone_ksampler(guidance, motionclone.GuidanceLog())
+    guidance = engine.run.Guidance(representation, settings, engine.sampling.SAMPLER_NODE, memory_mode=mode)
+    sampler = engine.samplers.motionclone_ksampler(guidance, motionclone.GuidanceLog())
     weights.update(weight_storages())
     meter.lap()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        out = comfy.sample.sample_custom(patching.with_memory_mode(model, mode), noise, 8.5, sampler, sigmas,
+        out = comfy.sample.sample_custom(engine.memory.with_memory_mode(model, mode), noise, 8.5, sampler, sigmas,
                                          conditioning, negative, latent, callback=callback, disable_pbar=True, seed=0)
     guided_t = [stamps[i] - stamps[i - 1] for i in range(1, guided)]
     plain_t = [stamps[i] - stamps[i - 1] for i in range(guided + 1, steps)]
@@ -300,9 +301,11 @@ def main():
 
     args.cuda = torch.cuda.is_available()
     args.torch_dtype = {"fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("fp16" if args.cuda else "fp32")]
-    names = ("nodes.patching", "nodes.guided_sampling", "nodes.guided_step", "nodes.sampler", "motionclone")
-    modules = tuple(loaded_pack_module(name) for name in names)
-    model, context, weight_bytes = build(args, modules[0], modules[-1])
+    engine = SimpleNamespace(**{name: loaded_pack_module(f"nodes.engine.{name}")
+                                for name in ("run", "motion_model", "memory", "reading", "samplers")},
+                             sampling=loaded_pack_module("nodes.sampling"))
+    modules = (engine, loaded_pack_module("motionclone"))
+    model, context, weight_bytes = build(args, *modules)
     device = torch.cuda.get_device_name() if args.cuda else f"CPU ({torch.get_num_threads()} threads)"
     meter = MemoryMeter(args.cuda)
     results = []

@@ -151,7 +151,7 @@ def run(comfyui, args) -> Census:
     import torch
     from comfy_harness import loaded_pack_module
 
-    autograd, patching = loaded_pack_module("nodes.autograd"), loaded_pack_module("nodes.patching")
+    gradient, patching = loaded_pack_module("nodes.engine.gradient"), loaded_pack_module("nodes.engine.run")
     weight_dtype = torch.float16 if args.full_size else torch.float32
     motion_file = os.path.join(comfyui.models_dir, "animatediff_models", "weight_copies.safetensors")
     write_motion_module(motion_file, args.full_size)
@@ -175,7 +175,7 @@ def run(comfyui, args) -> Census:
                 census.append(Census(guider.model_patcher, motion_model))
                 census[0].remember()
                 census[0].point("loaded, before the first gradient pass")
-            autograd.attention_loss_gradient(run, guider.inner_model, guider.conds["positive"], x, timestep,
+            gradient.attention_gradient(run, guider.inner_model, guider.conds["positive"], x, timestep,
                                              model_options, ("up_blocks.1",), loss_fn)
             if len(census[0].rows) == 1:
                 census[0].point("after the first gradient pass")

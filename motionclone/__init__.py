@@ -1,8 +1,10 @@
 """MotionClone (arXiv 2406.05338) on AnimateDiff, in plain torch.
 
-This package holds the algorithm only: motion modules, checkpoint reading, attention capture, the
-motion representation and its loss, the schedule and the guided DDIM step. It never imports ComfyUI;
-the `nodes` package adapts it to ComfyUI's containers and model-patching API.
+The pure layer: the algorithm (motion modules, checkpoint reading, attention capture, the motion
+representation and its loss, the schedule, the guided DDIM step, DDIM inversion, semantic guidance, context
+windows) and what surrounds it without ComfyUI: frame selection, memory arithmetic, the motion-fidelity
+score with its point tracker, and the toy world. It never imports ComfyUI; the `nodes` package adapts it to
+ComfyUI's containers and model-patching API.
 """
 
 from .capture import AttentionCapture, ForwardStopped
@@ -32,7 +34,6 @@ from .motion_module import (
     TorchOperations,
     attend,
     attention_probs,
-    temporal_attention_probs,
 )
 from .representation import (
     MotionMetadata,
@@ -97,7 +98,6 @@ __all__ = [
     "save_motion",
     "stack_timesteps",
     "stack_windows",
-    "temporal_attention_probs",
     "top_k_representation",
     "validate_block_names",
 ]

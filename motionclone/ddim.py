@@ -21,11 +21,6 @@ from dataclasses import dataclass, field
 import torch
 
 
-def alpha_bar_from_sigma(sigma: torch.Tensor) -> torch.Tensor:
-    """`abar = 1 / (1 + sigma^2)`."""
-    return 1.0 / (1.0 + sigma**2)
-
-
 def euler_step(x: torch.Tensor, denoised: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """DDIM (eta = 0) as ComfyUI's `sample_euler` computes it, operation for operation.
 

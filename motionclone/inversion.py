@@ -14,6 +14,8 @@ starting at `z_prev = z0` with `abar_prev = 1` (diffusers' `final_alpha_cumprod`
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import math
 import operator
 from collections.abc import Callable, Sequence
@@ -122,31 +124,24 @@ def ddim_inversion(
     return trajectory
 
 
-def ddim_sampling(
-    z_T: torch.Tensor,
-    alphas_cumprod: torch.Tensor,
-    timesteps_descending: Sequence[int],
-    eps: NoisePrediction,
-    final_alpha: float = 1.0,
-) -> torch.Tensor:
-    """Plain eta = 0 DDIM in z-space, the inverse of `ddim_inversion` when eps does not depend on z.
+@dataclass(frozen=True)
+class InvertedClip:
+    """A reference clip's DDIM inversion.
 
-    Args:
-        z_T: `(F, C, h, w)` latent at `timesteps_descending[0]`.
-        timesteps_descending: strictly descending; each step moves to the next entry, the last to
-            `final_alpha` (1 = clean, diffusers' `set_alpha_to_one`).
-        eps: `(z, t) -> eps`, evaluated at the current latent and its own timestep.
-
-    Returns:
-        The `(F, C, h, w)` latent at abar = `final_alpha`. Passing the reversed inversion schedule and its
-        last latent reconstructs z0 up to the inversion's error.
+    `latents[s]` `(F, 4, h, w)` is the clip at timestep `timesteps[s]` (ascending) in ComfyUI's LATENT
+    convention: what a sampler given this LATENT with its noise disabled continues from at `sigmas[s]`.
     """
-    if not 0.0 < final_alpha <= 1.0:
-        raise MotionCloneError(f"final_alpha must be in (0, 1] (1 = clean latent), got {final_alpha}.")
-    timesteps, alpha_bars = _checked_schedule(alphas_cumprod, timesteps_descending, ascending=False)
-    targets = alpha_bars[1:] + [float(final_alpha)]
-    z = z_T.to(_carry_dtype(z_T))
-    with torch.no_grad():
-        for t, abar, abar_next in zip(timesteps, alpha_bars, targets):
-            z = _ddim_move(z, eps(z.to(z_T.dtype), t), abar, abar_next)
-    return z.to(z_T.dtype)
+
+    latents: torch.Tensor  # (S, F, 4, h, w) float32, CPU
+    timesteps: tuple[int, ...]
+    sigmas: torch.Tensor  # (S,)
+    model_family: str
+
+    def nearest(self, timestep: int) -> int:
+        """Index of the stored timestep closest to `timestep`."""
+        return min(range(len(self.timesteps)), key=lambda s: abs(self.timesteps[s] - timestep))
+
+    def describe(self) -> str:
+        frames, _, height, width = self.latents.shape[1:]
+        return (f"DDIM inversion: {len(self.timesteps)} steps t={self.timesteps[0]}..{self.timesteps[-1]}, "
+                f"{frames} frames of {width * 8}x{height * 8} px, {self.latents.nbytes / 2**20:.0f} MiB, {self.model_family}")

@@ -12,6 +12,9 @@ from .errors import MotionCloneError
 
 SD15_INPUT_BLOCKS = 12
 SD15_OUTPUT_BLOCKS = 12
+# ComfyUI's SD1.5 output blocks holding up_blocks.1's spatial transformers: where subject masks are read from
+# cross-attention (docs/algorithm.md §5).
+MASK_CROSS_BLOCKS = (("output", 3), ("output", 4), ("output", 5))
 
 
 def comfy_block_of(module_name: str) -> tuple[str, int]:
@@ -34,3 +37,20 @@ def validate_block_names(blocks: tuple[str, ...], has_mid_block: bool) -> tuple[
         if block not in valid:
             raise MotionCloneError(f"Unknown motion-module block '{block}'; expected one of {', '.join(valid)}.")
     return blocks
+
+
+def block_of_layer(layer_name: str) -> str:
+    """`"up_blocks.1.motion_modules.2.temporal_transformer..."` -> `"up_blocks.1"` (the diffusers block)."""
+    return ".".join(layer_name.split(".")[:2])
+
+
+def resolution_level(kind: str, index: int) -> int | str:
+    """Resolution level of a ComfyUI SD1.5 block (0 = latent resolution, 1 = half, ...; "middle").
+
+    Input 0 (conv_in) and 1-3 are level 0, 4-6 level 1, ...; output 0-2 are level 3, ..., 9-11 level 0.
+    """
+    if kind == "middle":
+        return "middle"
+    if kind == "input":
+        return max(index - 1, 0) // 3
+    return 3 - index // 3

@@ -9,7 +9,7 @@ pixels. The modes trade time for that memory, with the same result in all of the
 - low: every layer on the gradient path is recomputed, only each layer's input is kept (on CUDA, in CPU memory).
 
 'auto' takes the fastest mode whose estimate fits in the free memory. The estimates are per frame x latent
-pixel, measured by bench/guided_step.py with SD1.5 + AnimateDiff v3 (see README, "VRAM and time").
+pixel, measured by bench/guided_step.py with SD1.5 + AnimateDiff v3 (see docs/memory.md).
 """
 
 from __future__ import annotations

@@ -77,11 +77,6 @@ def attend(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return _merge_heads(probs.to(v.dtype) @ _split_heads(v, probs.shape[1]))
 
 
-def temporal_attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """Temporal attention (MotionClone Sec. 3.2): q, k `(N, F, C)` -> `(N, heads, F, F)` fp32 probabilities."""
-    return attention_probs(q, k, heads)
-
-
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
     n, frames, channels = t.shape
     return t.reshape(n, frames, heads, channels // heads).transpose(1, 2)
@@ -128,7 +123,7 @@ class TemporalAttention(nn.Module):
         if capture is not None and capture.wants_keys(self.name):
             capture.record_keys(self.name, k)
         if capture is not None and capture.wants(self.name):
-            probs = temporal_attention_probs(q, k, self.heads)
+            probs = attention_probs(q, k, self.heads)  # temporal attention, MotionClone Sec. 3.2
             capture.record(self.name, probs)
             out = attend(probs, v)
         else:

@@ -1,6 +1,6 @@
 """Checks at the door: a MOTION is validated wherever it enters (a file, a node input) before any math runs.
 
-Every failure is a `MotionFileError` that names the source (the file or the input), the layer or field,
+Every failure of a MOTION is a `MotionFileError` (`require_finite`, for any tensor, raises `MotionCloneError`) that names the source (the file or the input), the layer or field,
 what was expected and what was found, and the fix. Text from a file is never echoed beyond a short excerpt
 (`excerpt`), so a hostile or damaged header cannot flood the node's text, the history or the log.
 """

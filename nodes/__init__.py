@@ -1,4 +1,6 @@
-"""ComfyUI adapters: thin nodes over the `motionclone` package. The only code that imports ComfyUI."""
+"""The pack's nodes: one thin class per node (schema and a few lines of `execute`) over `nodes.engine`, the
+ComfyUI runtime, and `motionclone`, the pure-torch algorithm. `nodes/` is the only code of the product that
+imports ComfyUI."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import os
 import folder_paths
 from comfy_api.latest import ComfyExtension, io
 
-from . import animatediff, context_windows, fidelity, frames, inversion, motion, sampler, subjects, toy_model
+from . import animatediff, context_windows, fidelity, frames, inversion, motion, sampling, subjects, toy
 
 NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *context_windows.NODES, *frames.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES,
-                                   *sampler.NODES, *fidelity.NODES, *toy_model.NODES]
+                                   *sampling.NODES, *fidelity.NODES, *toy.NODES]
 
 
 def register_model_folders() -> None:

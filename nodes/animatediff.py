@@ -7,7 +7,7 @@ import logging
 import folder_paths
 from comfy_api.latest import io, ui
 
-from .patching import BETA_SCHEDULES, KEEP_MODEL_SCHEDULE, apply_motion_model, load_motion_model
+from .engine.motion_model import BETA_SCHEDULES, KEEP_MODEL_SCHEDULE, apply_motion_model, load_motion_model
 from .types import MotionModelSocket
 
 MOTION_MODELS_FOLDER = "animatediff_models"  # shared with AnimateDiff-Evolved, so users' files show up

@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 
-import comfy.sample
 import folder_paths
-import torch
 from comfy_api.latest import io, ui
 
-from ..motionclone import (
-    RESIZE_MODES,
-    MotionCloneError,
-    MotionMetadata,
-    load_motion,
-    motionclone_timesteps,
-    resize_frames,
-    resolve_guided_steps,
-    save_motion,
-    stack_timesteps,
-    stack_windows,
-    top_k_representation,
-)
-from ..motionclone.validation import require_finite
-from .autograd import capture_attention
-from .checks import check_conditioning, check_frame_limit, checked_motion, require_attention_model
-from .context_windows import active_windows, frames_per_forward, read_windows
-from .guided_sampling import read_model, reference_attention
+from ..motionclone import RESIZE_MODES, MotionCloneError, load_motion, save_motion
+from .engine.checks import check_conditioning, checked_motion, require_attention_model
+from .engine.reading import extract_motion, reference_latent
 from .types import InversionSocket, MotionSocket
 
 MOTION_FOLDER = "motionclone"  # models/motionclone: saved motion representations
@@ -105,104 +87,19 @@ class ExtractMotion(io.ComfyNode):
                 raise MotionCloneError("Connect either 'inversion' or a reference clip ('images' or 'latent'), not both.")
             samples = inversion.latents[-1]
         else:
-            samples = _reference_latent(images, vae, latent, width, height, resize)
+            samples = reference_latent(images, vae, latent, width, height, resize)
         if conditioning is None:
             if clip is None:
                 raise MotionCloneError("Connect 'clip' (to encode the empty prompt, as the official code) or a "
                                        "'conditioning' describing the reference clip.")
             conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(""))
         check_conditioning(conditioning, "conditioning")
-        frames = samples.shape[0]
         source = "inversion" if inversion is not None else ("latent" if latent is not None else "images")
-        check_frame_limit(motion_model, frames_per_forward(model.model_options, frames), source, "Pick at most that "
-                          "many frames of the clip, e.g. with 'MotionClone: Select Frames' (its 'frames' input) in front "
-                          "of this node, or wire 'MotionClone: Context Windows' before this node and the sampler.")
-        per_window = frames_per_forward(model.model_options, frames)
-        if top_k > per_window:
-            raise MotionCloneError(f"top_k ({top_k}) exceeds the frames of one forward ({per_window}); use at most {per_window}.")
-        block_names = BLOCK_CHOICES[blocks]
-        samples = comfy.sample.fix_empty_latent_channels(model, samples)
-        metadata = MotionMetadata(
-            frames=frames, latent_height=samples.shape[-2], latent_width=samples.shape[-1],
-            layers=tuple(motion_model.attention_layer_names(block_names)), blocks=block_names, top_k=top_k,
-            timestep=timestep, model_family=motion_model.family,
-        )
-        windows = active_windows(model.model_options, frames)
-        if windows is not None:
-            metadata = dataclasses.replace(metadata, window_length=windows[0].length, window_overlap=windows[0].overlap,
-                                           window_schedule=windows[0].schedule)
-        if inversion is not None:
-            representation, note = _motion_from_inversion(model, inversion, conditioning, metadata, steps, guided_steps,
-                                                          guided_fraction)
-        elif windows is not None:
-            sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
-            noise = comfy.sample.prepare_noise(samples, seed)
-            representation, note = _windowed_motion(model, samples, conditioning, noise, [(None, sigma)], metadata)[0], ""
-        else:
-            sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
-            noise = comfy.sample.prepare_noise(samples, seed)
-            probs, _ = reference_attention(model, samples, conditioning, sigma, noise, block_names)
-            representation, note = top_k_representation(probs, top_k, metadata), ""
+        representation, note = extract_motion(model, motion_model, samples, conditioning, source, timestep, seed,
+                                              BLOCK_CHOICES[blocks], top_k, inversion, steps, guided_steps, guided_fraction)
         summary = f"{representation.metadata.describe()}; {representation.nbytes() / 1024:.0f} KiB{note}"
         logger.info("Extracted motion: %s", summary)
         return io.NodeOutput(representation, ui=ui.PreviewText(summary))
-
-
-def _motion_from_inversion(model, inversion, conditioning, metadata: MotionMetadata, steps: int, guided_steps: int,
-                           guided_fraction: float) -> tuple:
-    """Top-k motion at every guided timestep of the sampling schedule, each read from the inverted latent
-    nearest to it at that latent's own noise level (v1 reads the reference at the same t, docs/algorithm.md §1)."""
-    guided = motionclone_timesteps(steps, resolve_guided_steps(steps, guided_steps), guided_fraction).guided
-    nearest = [inversion.nearest(t) for t in guided]
-    states = [(inversion.latents[s], inversion.sigmas[s]) for s in nearest]
-    blocks = metadata.blocks
-
-    def read(run, guider, x, sigma, options):
-        probs = capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma, options, blocks)
-        return top_k_representation(probs, metadata.top_k, metadata)
-
-    latent = inversion.latents[-1]
-    if metadata.windowed:
-        entries = _windowed_motion(model, latent, conditioning, torch.zeros_like(latent), states, metadata)
-    else:
-        entries = read_model(model, latent, conditioning, torch.zeros_like(latent), states, read)
-    per_step = dataclasses.replace(metadata, timestep=guided[0], timesteps=tuple(guided))
-    gap = max(abs(inversion.timesteps[s] - t) for s, t in zip(nearest, guided))
-    note = f"; read from inverted latents at most {gap} timesteps away" if gap else ""
-    return stack_timesteps(entries, per_step), note
-
-
-def _windowed_motion(model, latent: torch.Tensor, conditioning, noise: torch.Tensor, states: list,
-                     metadata: MotionMetadata) -> list:
-    """One windowed representation per entry of `states` (as `read_model` takes them): the top-k motion of
-    each context window of `metadata.windows`, read window by window (one window's attention at a time)."""
-    windows = [torch.tensor(w) for w in metadata.windows]
-    single = dataclasses.replace(metadata, frames=metadata.window_length, window_length=0, window_overlap=0,
-                                 window_schedule="", timesteps=())
-    layout = dataclasses.replace(metadata, timesteps=())
-
-    def read(run, guider, x, sigma, options):
-        entries = read_windows(run, guider, x, sigma, options, metadata.blocks, windows,
-                               lambda probs: top_k_representation(probs, metadata.top_k, single))
-        return stack_windows(entries, layout)
-
-    return read_model(model, latent, conditioning, noise, states, read)
-
-
-def _reference_latent(images, vae, latent, width: int, height: int, resize: str) -> torch.Tensor:
-    if latent is not None:
-        if images is not None:
-            raise MotionCloneError("Connect either 'images' (+ 'vae') or 'latent' as the reference clip, not both.")
-        require_finite(latent["samples"], "'latent'", "Encode the reference clip again with VAE Encode.")
-        return latent["samples"]
-    if images is None:
-        raise MotionCloneError("Connect the reference clip: 'images' with a 'vae', or an encoded 'latent'.")
-    if vae is None:
-        raise MotionCloneError("'images' needs a 'vae' to encode them; connect your checkpoint's VAE.")
-    require_finite(images, "'images'", "Check the nodes that make the reference frames (a video loader gives 0..1 values).")
-    encoded = vae.encode(resize_frames(images[..., :3], width, height, resize))
-    require_finite(encoded, "The VAE encoding of 'images'", "Use your checkpoint's VAE, or run the VAE in fp32 (--fp32-vae).")
-    return encoded
 
 
 class SaveMotion(io.ComfyNode):

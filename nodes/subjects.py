@@ -4,49 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import comfy.sample
 import torch
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-from ..motionclone import AttentionCapture, MotionCloneError
-from ..motionclone.subject import SemanticSettings, SubjectMask, find_token_positions
-from .autograd import capture_forward
-from .guided_sampling import read_model
-from .checks import require_attention_model
-from .semantic import MASK_CROSS_BLOCKS
+from ..motionclone import MotionCloneError
+from ..motionclone.subject import SemanticSettings, SubjectMask
+from .engine.checks import require_attention_model
+from .engine.reading import read_subject_cross_attention, subject_token_positions
 from .types import InversionSocket, SemanticGuidanceSocket, SubjectMaskSocket
-
-
-def _token_ids(clip, text: str) -> list[int]:
-    """Token ids of `text` as the checkpoint's text encoder sees them: the chunks of 77, BOS/EOS included."""
-    tokens = clip.tokenize(text)
-    chunks = tokens.get("l") or next(iter(tokens.values()))
-    return [int(token) for chunk in chunks for token, *_ in chunk if isinstance(token, int)]
-
-
-def subject_token_positions(clip, prompt: str, subject: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """`(words, positions)`: the comma-separated `subject` words' token positions in `prompt`."""
-    words = tuple(word.strip() for word in subject.split(",") if word.strip())
-    if not words:
-        raise MotionCloneError("'subject' is empty. Type the subject's word as it appears in the prompt, e.g. 'cat'.")
-    prompt_tokens = _token_ids(clip, prompt)
-    special = {prompt_tokens[0], prompt_tokens[-1]}  # BOS and the EOS/padding token
-    word_tokens = {word: [t for t in _token_ids(clip, word) if t not in special] for word in words}
-    return words, find_token_positions(prompt_tokens, word_tokens, prompt)
-
-
-def _source_state(inversion, latent, timestep: int, seed: int, model):
-    """`(clip latent, noise, (latent or None, sigma))` for reading the subject's cross-attention at `timestep`."""
-    if inversion is not None:
-        if latent is not None:
-            raise MotionCloneError("Connect either 'inversion' or 'latent' as the mask's source, not both.")
-        entry = inversion.nearest(timestep)
-        clip_latent = inversion.latents[entry]
-        return clip_latent, torch.zeros_like(clip_latent), (clip_latent, inversion.sigmas[entry])
-    samples = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
-    sigma = model.get_model_object("model_sampling").sigmas[timestep].detach().cpu().float()
-    return samples, comfy.sample.prepare_noise(samples, seed), (None, sigma)
 
 
 class CrossAttentionMask(io.ComfyNode):
@@ -109,23 +75,14 @@ class CrossAttentionMask(io.ComfyNode):
             mask = dataclasses.replace(mask, prompt_encoding=encoding)
             text = f"{mask.describe()}: connect it as 'subject_mask' of 'MotionClone: Semantic Guidance'."
             return io.NodeOutput(torch.zeros(1, 64, 64), mask, ui=ui.PreviewText(text))
-        clip_latent, noise, state = _source_state(inversion, latent, timestep, seed, model)
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        cross = read_model(model, clip_latent, conditioning, noise, [state], _read_cross_attention)[0]
+        clip_latent, cross = read_subject_cross_attention(model, conditioning, inversion, latent, timestep, seed)
         foreground, background = mask.reference_weights(cross)
         mask = SubjectMask(words, prompt, positions, threshold, blur_kernel_size, blur_sigma, centroid_sigma,
                            foreground.cpu(), background.cpu())
         image_size = (clip_latent.shape[-2] * 8, clip_latent.shape[-1] * 8)
         preview = F.interpolate(foreground[:, None].float().cpu(), size=image_size, mode="bilinear").clamp(0, 1)[:, 0]
         return io.NodeOutput(preview, mask, ui=ui.PreviewMask(preview, cls=cls))
-
-
-def _read_cross_attention(run, guider, x, sigma, options) -> list[torch.Tensor]:
-    """Cross-attention `(F, heads, h, w, T)` of up_blocks.1's three spatial transformers, forward stopped there."""
-    last_module = run.motion_model.last_module_in(("up_blocks.1",))
-    capture = AttentionCapture((), stop_after=last_module, cross_blocks=MASK_CROSS_BLOCKS)
-    capture_forward(guider.inner_model, guider.conds["positive"], x, sigma, options, capture)
-    return [capture.cross_probs[block] for block in MASK_CROSS_BLOCKS]
 
 
 class SemanticGuidance(io.ComfyNode):

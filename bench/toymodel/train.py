@@ -1,10 +1,10 @@
 """Train the toy video model (UNet + motion module) on the toy world, seeded, on a CPU.
 
-What it trains: ComfyUI's SD1.5 UNet at toy widths (`architecture.TOY_UNET`) and an AnimateDiff
+What it trains: ComfyUI's SD1.5 UNet at toy widths (`nodes/engine/toy_model.py` `TOY_UNET`) and an AnimateDiff
 v3-layout motion module of this pack, jointly, from scratch, with the v-prediction objective under
 AnimateDiff's noise schedule (ComfyUI's "sqrt_linear", betas 0.00085..0.012 over 1000 steps). The text
-encoder is frozen at seeded weights; the VAE is fixed-function (see `architecture.py`), so its latents are
-computed directly (`architecture.encode_frames`). Clips are drawn fresh at every step from the toy world
+encoder is frozen at seeded weights; the VAE is fixed-function (see `training.py`), so its latents are
+computed directly (`training.encode_frames`). Clips are drawn fresh at every step from the toy world
 (8 frames, 128 x 128, one shape: 70 % translating at 4.5-9 px/frame, 15 % zooming, 15 % still; with
 `--clip-frames 8,16` also 16-frame clips at alternate steps, at 2.25-4.5 px/frame so the path stays in the
 frame, a quarter of them turning back part-way), rendered at 64 x 64 and pooled (the same 1/8 latent as
@@ -37,7 +37,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PACK_ROOT = os.path.dirname(os.path.dirname(HERE))
-DEFAULT_OUT = os.path.join(HERE, "weights")
+DEFAULT_OUT = os.path.join(PACK_ROOT, "nodes", "engine", "toy_weights")
 WEIGHT_FILES = ("toy_unet.safetensors", "toy_motion_module.safetensors", "toy_clip.safetensors", "toy_vae.safetensors")
 
 
@@ -56,6 +56,20 @@ def import_comfy():
     args.cpu = True
     # The same attention as the default on CPU (sub-quadratic), computed by PyTorch SDPA: several times faster here.
     args.use_pytorch_cross_attention = True
+
+
+def pack_module(name: str):
+    """A module of this pack imported as ComfyUI imports a custom node package (its relative imports resolve)."""
+    import importlib
+    import importlib.util
+
+    if "motionclone_pack" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("motionclone_pack", os.path.join(PACK_ROOT, "__init__.py"),
+                                                      submodule_search_locations=[PACK_ROOT])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["motionclone_pack"] = package
+        spec.loader.exec_module(package)
+    return importlib.import_module(f"motionclone_pack.{name}")
 
 
 def main():
@@ -77,10 +91,11 @@ def main():
 
     torch.set_num_threads(options.threads)
     torch.manual_seed(options.seed)
-    sys.path.insert(0, PACK_ROOT)
-    sys.path.insert(0, os.path.join(PACK_ROOT, "bench"))
-    import architecture as arch
-    from toy_training import ToyTrainer
+    sys.path.append(PACK_ROOT)  # appended: the pack's nodes/ must not shadow ComfyUI's nodes module
+    sys.path.insert(0, HERE)
+    from training import ToyTrainer
+
+    arch = pack_module("nodes.engine.toy_model")
 
     trainer = ToyTrainer(arch, options.seed, options.init, tuple(int(f) for f in options.clip_frames.split(",")))
     os.makedirs(options.out, exist_ok=True)

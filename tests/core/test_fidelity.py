@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.toyworld import ClipSpec, ShapeSpec, render_clip
+from motionclone.toyworld import ClipSpec, ShapeSpec, render_clip
 from motionclone.errors import MotionCloneError
 from motionclone.fidelity import (
     STILL_FRACTION,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from motionclone.errors import MotionCloneError
-from motionclone.inversion import ddim_inversion, ddim_sampling, inversion_timesteps
+from motionclone.inversion import ddim_inversion, inversion_timesteps
+from oracles import ddim_sampling
 
 ALPHA_BAR = torch.cumprod(1 - torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64), 0)  # diffusers "linear"
 SHAPE = (3, 4, 5, 6)

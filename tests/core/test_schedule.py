@@ -29,15 +29,22 @@ def test_guided_steps_are_denser_than_plain_steps():
     assert schedule.guided[0] - schedule.guided[1] < schedule.unguided[0] - schedule.unguided[1]
 
 
-@pytest.mark.parametrize("steps, guided, fraction", [(10, 11, 0.3), (10, 0, 0.3), (10, 5, 1.0), (10, 5, 0.0), (2000, 1, 0.3)])
-def test_impossible_schedules_are_refused(steps, guided, fraction):
-    with pytest.raises(MotionCloneError):
+@pytest.mark.parametrize("steps, guided, fraction, message", [
+    (10, 11, 0.3, r"guided_steps must be between 1 and steps \(10\), got 11"),
+    (10, 0, 0.3, r"guided_steps must be between 1 and steps \(10\), got 0"),
+    (10, 5, 1.0, "guided_fraction must lie strictly between 0 and 1, got 1.0"),
+    (10, 5, 0.0, "guided_fraction must lie strictly between 0 and 1, got 0.0"),
+    (2000, 1, 0.3, r"1999 unguided steps do not fit below timestep 700 \(guided_fraction 0.3\)"),
+])
+def test_impossible_schedules_are_refused(steps, guided, fraction, message):
+    with pytest.raises(MotionCloneError, match=message):
         motionclone_timesteps(steps, guided, fraction)
 
 
 def test_all_steps_guided_leaves_no_plain_steps():
     schedule = motionclone_timesteps(4, 4, 0.3)
-    assert schedule.guided == (999, 899, 800, 700)  # round(linspace(700, 999, 4)) and schedule.unguided == ()
+    assert schedule.guided == (999, 899, 800, 700)  # round(linspace(700, 999, 4))
+    assert schedule.unguided == ()
 
 
 def test_minus_one_means_half_of_steps():

@@ -14,7 +14,7 @@ from motionclone.checkpoint import detect_motion_module
 from motionclone.checksums import parse_sha256sums
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-WEIGHTS = os.path.join(PACK_ROOT, "bench", "toymodel", "weights")
+WEIGHTS = os.path.join(PACK_ROOT, "nodes", "engine", "toy_weights")
 FILES = ("toy_unet.safetensors", "toy_motion_module.safetensors", "toy_clip.safetensors", "toy_vae.safetensors")
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.toyworld import COLOURS, DEFAULT_SPEED, MOTIONS, PLAIN_BACKGROUND, SHAPES, ClipSpec, ShapeSpec, random_clip, render_clip
+from motionclone.toyworld import COLOURS, DEFAULT_SPEED, MOTIONS, PLAIN_BACKGROUND, SHAPES, ClipSpec, ShapeSpec, random_clip, render_clip
 
 
 def _coverage_from_pixels(frames: torch.Tensor, colour: str) -> torch.Tensor:

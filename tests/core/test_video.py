@@ -72,7 +72,7 @@ def test_a_clip_too_short_for_the_selection_is_refused_with_the_fix(mode, settin
 def test_the_suggested_longest_span_fits():
     longest = 1.38  # from the message above
     assert select_frames(40, 30.0, 16, "span", span_seconds=longest).indices[-1] == 39
-    with pytest.raises(MotionCloneError):
+    with pytest.raises(MotionCloneError, match=r"lower 'span_seconds' to at most 1.38"):
         select_frames(40, 30.0, 16, "span", span_seconds=1.45)
 
 
@@ -153,7 +153,11 @@ def test_same_size_is_returned_unchanged():
     assert torch.equal(resize_frames(clip, 160, 96, "stretch"), clip)
 
 
-@pytest.mark.parametrize("width, height, mode", [(100, 64, "stretch"), (64, 0, "crop"), (64, 64, "pad")])
-def test_invalid_requests_are_refused(width, height, mode):
-    with pytest.raises(MotionCloneError):
+@pytest.mark.parametrize("width, height, mode, message", [
+    (100, 64, "stretch", r"positive multiples of 8 \(the VAE's factor\), got 100x64"),
+    (64, 0, "crop", r"positive multiples of 8 \(the VAE's factor\), got 64x0"),
+    (64, 64, "pad", r"resize mode must be one of \('stretch', 'crop'\), got 'pad'"),
+])
+def test_invalid_requests_are_refused(width, height, mode, message):
+    with pytest.raises(MotionCloneError, match=message):
         resize_frames(_clip(), width, height, mode)

@@ -13,7 +13,7 @@ from prompts import (
     video_prompt,
 )
 
-from bench.long_video import kept_for_backward_of_a_guided_run
+from long_video_runs import kept_for_backward_of_a_guided_run
 
 
 def _latent(path) -> torch.Tensor:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.toyworld import ClipSpec, ShapeSpec, render_clip
+from motionclone.toyworld import ClipSpec, ShapeSpec, render_clip
 from comfy_harness import PromptFailed
 
 NODE = "MotionCloneMotionFidelity"

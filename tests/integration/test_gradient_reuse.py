@@ -32,7 +32,7 @@ class StepRecorder:
     def __init__(self, monkeypatch):
         self.steps: list[dict] = []
         self.kept: list[weakref.ref] = []
-        module = loaded_pack_module("nodes.guided_sampling")
+        module = loaded_pack_module("nodes.engine.samplers")
         original = module.guided_step
 
         def recording(guidance, run, *args, **kwargs):

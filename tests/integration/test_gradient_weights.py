@@ -40,7 +40,7 @@ def _weights(patcher, motion_model):
 def _copy_like_the_old_pass(patching, run, inner_model):
     """The gradient pass before aliases: every inference tensor on the path replaced by a copy (the reference)."""
     with torch.inference_mode(False):
-        for root in patching._modules_on_path(run, inner_model, BLOCKS):
+        for root in loaded_pack_module("nodes.engine.gradient")._modules_on_path(run, inner_model, BLOCKS):
             for module in root.modules():
                 for name, param in module._parameters.items():
                     if param is not None and param.is_inference():
@@ -53,7 +53,7 @@ def _copy_like_the_old_pass(patching, run, inner_model):
 def _first_gradient(comfyui, lora: str | None, copy_first: bool) -> dict:
     import comfy.patcher_extension
 
-    autograd, patching = loaded_pack_module("nodes.autograd"), loaded_pack_module("nodes.patching")
+    gradient, patching = loaded_pack_module("nodes.engine.gradient"), loaded_pack_module("nodes.engine.run")
     found: dict = {}
 
     def loss_fn(capture):
@@ -67,8 +67,8 @@ def _first_gradient(comfyui, lora: str | None, copy_first: bool) -> dict:
             if copy_first:
                 _copy_like_the_old_pass(patching, run, guider.inner_model)
             before = _weights(guider.model_patcher, run.motion_model)
-            loss, grad = autograd.attention_loss_gradient(run, guider.inner_model, guider.conds["positive"], x, timestep,
-                                                         model_options, BLOCKS, loss_fn)
+            _, loss, grad = gradient.attention_gradient(run, guider.inner_model, guider.conds["positive"], x, timestep,
+                                                        model_options, BLOCKS, loss_fn)
             found.update(loss=loss, grad=grad, before=before, after=_weights(guider.model_patcher, run.motion_model))
         return executor(x, timestep, model_options, seed)
 

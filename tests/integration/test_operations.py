@@ -59,7 +59,7 @@ def test_loader_builds_comfy_layers_in_comfyuis_unet_dtype(comfyui):
 
 def test_default_fp32_path_is_bit_identical_to_plain_torch_layers(comfyui):
     """Same weights built both ways: the module outputs and a whole KSampler run agree bit for bit."""
-    patching = loaded_pack_module("nodes.patching")
+    patching = loaded_pack_module("nodes.engine.motion_model")
     comfy_built = _load(comfyui)
     plain = _plain_torch_motion_model()
     x = _module_input()
@@ -76,7 +76,7 @@ def test_default_fp32_path_is_bit_identical_to_plain_torch_layers(comfyui):
 def test_apply_converts_the_motion_module_to_the_models_fp16_storage_with_fp32_compute(comfyui):
     import comfy.ops
 
-    patching = loaded_pack_module("nodes.patching")
+    patching = loaded_pack_module("nodes.engine.motion_model")
     motion = _load(comfyui)
     fp16_model = _tiny_unet(comfyui, "fp16")
     assert (fp16_model.model.get_dtype(), fp16_model.model.manual_cast_dtype) == (torch.float16, torch.float32)
@@ -124,7 +124,7 @@ def _fp8_prompt(path, weight):
 
 def test_fp8_storage_samples_and_guides(comfyui, tmp_path, fp8_unet_flag):
     """As with --fp8_e4m3fn-unet and a UNet in fp8: fp8 weights, fp32 compute (CPU), gradients through both."""
-    patching = loaded_pack_module("nodes.patching")
+    patching = loaded_pack_module("nodes.engine.motion_model")
     motion = _load(comfyui).model
     assert motion.weight_dtype == torch.float8_e4m3fn and motion.compute_dtype == torch.float32
     norm = motion.up_blocks[1].motion_modules[0].temporal_transformer.norm

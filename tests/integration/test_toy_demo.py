@@ -50,7 +50,7 @@ def test_demo_saves_reference_unguided_and_cloned_side_by_side(animation):
         frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(webp)]
     assert len(frames) == 8 and frames[0].shape == (128, 3 * 128, 3)
     reference = torch.from_numpy(np.stack(frames)[:, :, :128]).float() / 255
-    from bench.toyworld import ClipSpec, ShapeSpec, render_clip
+    from motionclone.toyworld import ClipSpec, ShapeSpec, render_clip
 
     start = (64 - 8.0 * 7 / 2, 64.0)
     expected = render_clip(ClipSpec((ShapeSpec("circle", "red", start, 0.16 * 128, (8.0, 0.0)),), 8, 128, 128)).frames

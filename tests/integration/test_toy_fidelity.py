@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench import fidelity
+import toy_fidelity_runs as fidelity
 
 CASES = (fidelity.CASES[0], fidelity.CASES[2])  # a red circle moving right, a cyan triangle moving down
 SEED = 1

@@ -18,7 +18,7 @@ import statistics
 
 import pytest
 
-from bench import long_video
+import long_video_runs as long_video
 
 FRAMES, LENGTH, OVERLAP, SEED = 40, 8, 2, 1
 MARGIN = 0.15  # guided minus unguided, segment-averaged (measured 0.24 vs 0.00 on ComfyUI 0.8.0)

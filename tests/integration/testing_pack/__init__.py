@@ -155,8 +155,8 @@ class GradientProbe:
     CATEGORY = "testing"
 
     def patch(self, model, report_path, blocks):
-        autograd = _pack_module("nodes.autograd")
-        patching = _pack_module("nodes.patching")
+        gradient, forwards = _pack_module("nodes.engine.gradient"), _pack_module("nodes.engine.forwards")
+        patching = _pack_module("nodes.engine.run")
         blocks = tuple(blocks.split(","))
         records = []
 
@@ -172,13 +172,13 @@ class GradientProbe:
             later_blocks = []  # the gradient forward must stop after the captured blocks
             hook = guider.inner_model.diffusion_model.output_blocks[6].register_forward_hook(lambda *a: later_blocks.append(1))
             try:
-                loss, grad = autograd.attention_loss_gradient(run, guider.inner_model, conds, x, timestep, model_options, blocks,
-                                                             lambda capture: loss_fn(capture.probs))
+                _, loss, grad = gradient.attention_gradient(run, guider.inner_model, conds, x, timestep, model_options, blocks,
+                                                            lambda capture: loss_fn(capture.probs))
             finally:
                 hook.remove()
 
             def loss_at(z):
-                return loss_fn(autograd.capture_attention(run, guider.inner_model, conds, z, timestep, model_options, blocks)).item()
+                return loss_fn(forwards.capture_attention(run, guider.inner_model, conds, z, timestep, model_options, blocks)).item()
 
             step = 1e-2 * grad / grad.norm()
             central_difference = (loss_at(x + step) - loss_at(x - step)) / (2 * step.norm().item())
@@ -226,7 +226,7 @@ class MovingSquare:
 
 class ToyPingPong:
     """A toy-world clip of any length: a red circle going right for half the clip, then back
-    (`bench.long_video.ping_pong_frames`)."""
+    (`motionclone.toyworld.ping_pong_frames`)."""
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -238,9 +238,7 @@ class ToyPingPong:
     CATEGORY = "testing"
 
     def build(self, frames, speed, size):
-        from bench.long_video import ping_pong_frames
-
-        return (ping_pong_frames(frames, speed, size),)
+        return (_pack_module("motionclone.toyworld").ping_pong_frames(frames, speed, size),)
 
 
 class TinyVAE:
@@ -312,15 +310,15 @@ class MotionLossProbe:
     CATEGORY = "testing"
 
     def patch(self, model, motion, report_path):
-        autograd = _pack_module("nodes.autograd")
-        patching = _pack_module("nodes.patching")
+        forwards = _pack_module("nodes.engine.forwards")
+        patching = _pack_module("nodes.engine.run")
         representation = _pack_module("motionclone.representation")
         records = []
 
         def predict_noise(executor, x, timestep, model_options={}, seed=None):
             guider = executor.class_obj
             run = patching.current_run(model_options)
-            probs = autograd.capture_attention(run, guider.inner_model, guider.conds["positive"], x, timestep,
+            probs = forwards.capture_attention(run, guider.inner_model, guider.conds["positive"], x, timestep,
                                                model_options, motion.metadata.blocks)
             values, indices = motion.to_device(x.device)
             records.append({"sigma": float(timestep.flatten()[0]),

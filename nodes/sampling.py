@@ -2,28 +2,30 @@
 
 from __future__ import annotations
 
-import comfy.patcher_extension
 import comfy.sample
 import comfy.utils
 import latent_preview
-import torch
 from comfy_api.latest import io, ui
 
-from ..motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps
-from ..motionclone.errors import MotionCloneError
+from ..motionclone import GuidanceLog, motionclone_timesteps
 from ..motionclone.memory import AUTO, MEMORY_MODES
 from ..motionclone.validation import require_finite, require_finite_number
-from .checks import check_conditioning, checked_motion, family_warning, refuse_stacked_guidance, require_attention_model
-from .guided_sampling import MotionGuidanceWrapper, motionclone_ksampler
-from .guided_step import Guidance, check_fits, check_schedule, guidance_settings
-from .patching import (
-    GUIDANCE_KEY,
-    apply_motion_guidance,
-    context_windows_of,
-    resolve_memory_mode,
-    with_memory_mode,
-    without_dynamic_vram,
+from .engine.checks import (
+    check_conditioning,
+    check_fits,
+    check_schedule,
+    checked_motion,
+    family_warning,
+    is_guided,
+    refuse_noise_mask,
+    refuse_stacked_guidance,
+    refuse_windowed_extras,
+    require_attention_model,
 )
+from .engine.guided_step import guidance_settings
+from .engine.memory import memory_mode_for, with_memory_mode, without_dynamic_vram
+from .engine.run import Guidance
+from .engine.samplers import MotionGuidanceWrapper, apply_motion_guidance, motionclone_ksampler, motionclone_sigmas
 from .types import MotionSocket, SemanticGuidanceSocket
 
 SAMPLER_NODE, GUIDANCE_NODE = "MotionClone Sampler", "MotionClone: Guidance"  # display names, also in refusals
@@ -70,17 +72,6 @@ def _memory_input() -> io.Combo.Input:
         "and size (the choice is logged).")
 
 
-def _memory_mode(mode: str, model, motion) -> str:
-    """The concrete mode (auto resolved for the frames of one gradient pass and the MOTION's latent size).
-
-    Through context windows a gradient pass covers one window, so its memory is a window's, whatever the clip.
-    """
-    meta = motion.metadata
-    windows = context_windows_of(model.model_options)
-    frames = min(meta.frames, windows.length) if windows is not None else meta.frames
-    return resolve_memory_mode(mode, model, frames, meta.latent_height, meta.latent_width)
-
-
 def _gradient_every_input() -> io.Input:
     return io.Int.Input(
         "gradient_every", default=1, min=1, max=100, optional=True,
@@ -100,15 +91,6 @@ def _schedule_inputs() -> list:
                      "-1 = half of steps (official 50 of 100, 180 of 300)."),
         _fraction_input(),
     ]
-
-
-def motionclone_sigmas(model, steps: int, guided_steps: int, guided_fraction: float) -> tuple[torch.Tensor, int]:
-    """The official timestep schedule as ComfyUI sigmas (the MODEL's own table), ending at 0; and G."""
-    guided = resolve_guided_steps(steps, guided_steps)
-    schedule = motionclone_timesteps(steps, guided, guided_fraction)
-    table = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
-    sigmas = torch.cat([table[list(schedule.timesteps)], torch.zeros(1)])
-    return sigmas, guided
 
 
 class MotionCloneSampler(io.ComfyNode):
@@ -152,18 +134,18 @@ class MotionCloneSampler(io.ComfyNode):
         require_finite_number(motion_weight, "motion_weight")
         check_conditioning(positive, "positive")
         check_conditioning(negative, "negative")
-        if latent_image.get("noise_mask") is not None:
-            raise MotionCloneError("MotionClone Sampler does not support latents with a noise mask; remove the mask.")
+        refuse_noise_mask(latent_image.get("noise_mask"))
         samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
         require_finite(samples, "'latent_image'", "Connect an Empty Latent Image, or check the nodes before 'latent_image'.")
         check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
+        refuse_windowed_extras(model.model_options, samples.shape[0], semantic_guidance, gradient_every)
         warning = family_warning(motion_model, motion)
         sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
         check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
         log = GuidanceLog()
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
                                      gradient_every)
-        mode = _memory_mode(memory_mode, model, motion)
+        mode = memory_mode_for(memory_mode, model, motion)
         sampler = motionclone_ksampler(Guidance(motion, settings, SAMPLER_NODE, semantic_guidance, mode), log)
         noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
         callback = latent_preview.prepare_callback(model, steps)
@@ -241,12 +223,12 @@ class MotionCloneGuidance(io.ComfyNode):
         model = without_dynamic_vram(model, GUIDANCE_NODE)
         settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
                                      gradient_every)
-        mode = _memory_mode(memory_mode, model, motion)
+        mode = memory_mode_for(memory_mode, model, motion)
         guidance = Guidance(motion, settings, GUIDANCE_NODE, semantic_guidance, mode)
         patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)
         warning = family_warning(motion_model, motion)
         text = [warning] if warning else []
-        if model.get_wrappers(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_KEY):
+        if is_guided(model):
             text.append("This MODEL already carried 'MotionClone: Guidance'; this node's guidance replaces it "
                         "(one guidance per MODEL).")
         return io.NodeOutput(patched, ui=ui.PreviewText("\n".join(text)) if text else None)

@@ -6,67 +6,42 @@ subjects) its cross-attention to the subject word gives the generated subject's 
 video's keys, pooled under the *reference* subject's mask, are pulled towards the appearance video's
 keys pooled under its own mask, so the new subject sits where the reference subject moved.
 
-The branch is per-run state: it lives in the run's `GuidanceRun.appearance` and dies with the run.
+`advance_appearance` is one step of that branch: it takes the branch (None at the first guided step) and
+returns it advanced, with its targets; the caller keeps it in the run's `GuidanceRun`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 import comfy.samplers
 import torch
 
-from ..motionclone import AttentionCapture, MotionCloneError, euler_step
-from ..motionclone.masks import upsample_weights
-from ..motionclone.semantic import keys_to_frame_major, semantic_loss
-from ..motionclone.subject import SEMANTIC_BLOCKS, SemanticSettings
-from .autograd import capture_forward
-
-if TYPE_CHECKING:
-    from ..motionclone import AnimateDiffMotionModel
-    from .guided_step import GuidanceRun
-
-# ComfyUI's SD1.5 output blocks holding up_blocks.1's spatial transformers: the masks' cross-attention.
-MASK_CROSS_BLOCKS = (("output", 3), ("output", 4), ("output", 5))
+from ...motionclone import AnimateDiffMotionModel, AttentionCapture, MotionCloneError, euler_step
+from ...motionclone.layout import MASK_CROSS_BLOCKS, block_of_layer
+from ...motionclone.masks import upsample_weights
+from ...motionclone.semantic import keys_to_frame_major, semantic_loss
+from ...motionclone.subject import SEMANTIC_BLOCKS, SemanticSettings
+from .forwards import apply_cfg, capture_forward
+from .run import AppearanceBranch, AppearanceTargets
 
 
-@dataclass
-class AppearanceTargets:
-    """What the generated video is pulled towards at one step: layer -> keys `(F, HW, C)` and masks."""
+def advance_appearance(branch: AppearanceBranch | None, guider, x: torch.Tensor, sigma: torch.Tensor,
+                       sigma_next: torch.Tensor, options: dict, settings: SemanticSettings,
+                       motion_model: AnimateDiffMotionModel) -> AppearanceBranch:
+    """The appearance branch advanced by one DDIM step from `sigma`, with its targets at `sigma` (`.targets`).
 
-    keys: dict[str, torch.Tensor]
-    masks: dict[str, tuple[torch.Tensor, ...]] | None  # layer -> (ref_fg, ref_bg, app_fg, app_bg), each (F, HW)
-
-
-@dataclass
-class AppearanceBranch:
-    """The unguided appearance video of one run: its latent and the sigma it is at."""
-
-    x: torch.Tensor
-    sigma: float
-    targets: AppearanceTargets | None = None
-    targets_sigma: float | None = None
-
-
-def appearance_targets(state: GuidanceRun, guider, x: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
-                       options: dict, settings: SemanticSettings, apply_cfg) -> AppearanceTargets:
-    """Advance the run's appearance branch by one DDIM step from `sigma`, returning its targets there.
-
-    The branch starts at the first guided step from the generated latent `x` (the same initial noise).
-    A second call at the same sigma (2nd-order samplers evaluate a sigma twice) reuses the targets.
+    `branch` None starts it at the first guided step from the generated latent `x` (the same initial noise).
+    A second call at the same sigma (2nd-order samplers evaluate a sigma twice) returns the branch as it is.
     """
-    branch = state.appearance
     if branch is not None and branch.targets_sigma == float(sigma):
-        return branch.targets
+        return branch
     if branch is None:
-        branch = state.appearance = AppearanceBranch(x.detach().clone(), float(sigma))
+        branch = AppearanceBranch(x.detach().clone(), float(sigma))
     if abs(branch.sigma - float(sigma)) > 1e-6 * max(1.0, float(sigma)):
         raise MotionCloneError(
             f"Semantic guidance lost its appearance branch (at sigma {branch.sigma:.4f}, the step is at {float(sigma):.4f}). "
             "Use a schedule whose guided steps are consecutive, as MotionClone's."
         )
-    layers = state.motion_model.attention_layer_names(settings.measured_blocks)
+    layers = motion_model.attention_layer_names(settings.measured_blocks)
     capture = AttentionCapture((), key_blocks=settings.measured_blocks,
                                cross_blocks=() if settings.global_mode else MASK_CROSS_BLOCKS)
     sigma_in = sigma * x.new_ones([x.shape[0]])
@@ -75,11 +50,8 @@ def appearance_targets(state: GuidanceRun, guider, x: torch.Tensor, sigma: torch
     denoised = apply_cfg(guider, cond, uncond, branch.x, sigma_in, options)
     keys = {layer: _frame_major(capture.keys[layer], x.shape[0]) for layer in layers}
     masks = None if settings.global_mode else _layer_masks(settings, capture, keys)
-    branch.targets = AppearanceTargets(keys, masks)
-    branch.targets_sigma = float(sigma)
-    branch.x = euler_step(branch.x, denoised, sigma, sigma_next)
-    branch.sigma = float(sigma_next)
-    return branch.targets
+    return AppearanceBranch(euler_step(branch.x, denoised, sigma, sigma_next), float(sigma_next),
+                            AppearanceTargets(keys, masks), float(sigma))
 
 
 def semantic_losses(capture: AttentionCapture, targets: AppearanceTargets, settings: SemanticSettings,
@@ -97,14 +69,10 @@ def semantic_losses(capture: AttentionCapture, targets: AppearanceTargets, setti
     appearance = {layer: targets.keys[layer].clone() for layer in measured}
     masks = None if targets.masks is None else {layer: tuple(m.clone() for m in maps) for layer, maps in targets.masks.items()}
     layer_count = len(motion_model.attention_layer_names(SEMANTIC_BLOCKS))
-    weights = {layer: settings.weight_of(_block_of(layer)) for layer in measured}
+    weights = {layer: settings.weight_of(block_of_layer(layer)) for layer in measured}
     weighted = semantic_loss(generated, appearance, weights, layer_count, masks) if settings.active else None
     reported = semantic_loss(generated, appearance, dict.fromkeys(measured, 1.0), len(measured), masks)
     return weighted, reported
-
-
-def _block_of(layer: str) -> str:
-    return ".".join(layer.split(".")[:2])
 
 
 def _frame_major(keys: torch.Tensor, frames: int) -> torch.Tensor:

@@ -1,5 +1,11 @@
 """A toy video world whose motion is known exactly: coloured shapes and camera pans, rendered in torch.
 
+The world the bundled toy model was trained on, and its reference clips: `random_clip(seed, ...)` for
+benchmark and training clips, `render_clip(ClipSpec(...))` for a clip built to order, `toy_clip_frames`
+for the bundled clips of 'MotionClone: Toy Reference Clip', `ping_pong_frames` for long clips. Each
+`ToyClip` holds frames `(F, H, W, 3)` in [0, 1] (ComfyUI's IMAGE layout), a prompt naming colour and shape
+("a red circle"), and the ground truth (per-frame positions and scales of every shape, the pan).
+
 Coordinates are continuous pixel coordinates: pixel `(row i, column j)` covers `[j, j+1) x [i, i+1)`,
 so its centre is `(j + 0.5, i + 0.5)`; x grows to the right, y downwards. A shape's `position` is its
 centroid (the centre of the circle and the square, the centroid of the equilateral triangle), so the
@@ -284,3 +290,47 @@ def _background(spec: ClipSpec, offsets: torch.Tensor) -> torch.Tensor:
         value = torch.tensor(base) + 0.2 / math.sqrt(TEXTURE_WAVES) * torch.einsum("khw,kc->hwc", waves, torch.tensor(tints))
         frames.append(value)
     return torch.stack(frames).clamp(0.0, 1.0)
+
+
+FRAME_SIZE = 128  # px: the toy model's frames (its latents are 16 x 16)
+FRAMES = 8  # the toy model's clip length
+
+# The bundled reference clips: (shape, colour, velocity px/frame at 128 px, zoom per frame).
+TOY_CLIPS = {
+    "red circle moving right": ("circle", "red", (8.0, 0.0), 1.0),
+    "yellow square moving up-left": ("square", "yellow", (-5.0, -5.0), 1.0),
+    "cyan triangle moving down": ("triangle", "cyan", (0.0, 7.0), 1.0),
+    "white square moving left": ("square", "white", (-7.0, 0.0), 1.0),
+    "green circle growing": ("circle", "green", (0.0, 0.0), 1.07),
+}
+
+
+def toy_clip_frames(name: str, frames: int = FRAMES, size: int = FRAME_SIZE) -> torch.Tensor:
+    """A bundled toy-world clip `(frames, size, size, 3)` in [0, 1]: the shape crosses the frame's centre
+    half-way through the clip."""
+    kind, colour, velocity, zoom = TOY_CLIPS[name]
+    scale = size / FRAME_SIZE
+    velocity = (velocity[0] * scale, velocity[1] * scale)
+    start = (size / 2 - velocity[0] * (frames - 1) / 2, size / 2 - velocity[1] * (frames - 1) / 2)
+    shape = ShapeSpec(kind, colour, start, 0.16 * size, velocity, zoom)
+    return render_clip(ClipSpec((shape,), frames, size, size)).frames
+
+
+PING_PONG_SPEED = 4.5  # px per frame: the slow end of what the toy model was trained on (4.5-9 px/frame at 128 px)
+PING_PONG_RADIUS = 0.11  # the circle's radius as a fraction of the frame
+
+
+def ping_pong_positions(frames: int, speed: float = PING_PONG_SPEED, size: int = FRAME_SIZE) -> list[float]:
+    """Centre x per frame: right at `speed` px/frame for the first half of the clip, then back to the start;
+    slower where that path would leave the frame (64 frames of 128 px: 3.1 px/frame)."""
+    half = frames // 2
+    speed = min(speed, (size * (1 - 2 * PING_PONG_RADIUS) - 4) / max(1, half - 1))
+    steps = [t if t < half else 2 * half - 1 - t for t in range(frames)]  # 0, 1, ..., h-1, h-1, ..., 0
+    return [size / 2 + speed * (step - (half - 1) / 2) for step in steps]
+
+
+def ping_pong_frames(frames: int, speed: float = PING_PONG_SPEED, size: int = FRAME_SIZE) -> torch.Tensor:
+    """`(frames, size, size, 3)` in [0, 1]: a red circle on the toy world's dark background (`ping_pong_positions`)."""
+    return torch.cat([render_clip(ClipSpec((ShapeSpec("circle", "red", (x, size / 2), PING_PONG_RADIUS * size),), 1, size,
+                                           size)).frames
+                      for x in ping_pong_positions(frames, speed, size)])

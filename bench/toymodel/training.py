@@ -1,6 +1,14 @@
-"""The pieces of `train.py`: model assembly, fresh toy-world batches, the loss, the moving average, export.
+"""The pieces of `train.py`: model assembly, fresh toy-world batches, the loss, the moving average, export;
+and what only training needs of the toy model: its seeded text encoder, its hand-set VAE, the VAE's latents.
 
-Needs ComfyUI importable (see `train.py`) and this pack's root and `bench/` on `sys.path`.
+The architecture and loaders are the product's (`nodes/engine/toy_model.py`, passed in as `arch`). Needs
+ComfyUI importable (see `train.py`) and this pack's root on `sys.path`.
+
+The VAE is ComfyUI's TAESD layout with hand-set weights: the encoder is an 8x8 box average of the RGB image
+(latent channels 0-2; channel 3 is the mean of the three), the decoder a smooth 8x upsampling of those
+colours. The toy world is flat colours, so the latent at 1/8 resolution holds the colour coverage of every
+8x8 cell and the decoder returns a soft-edged version of the frame. Weights are multiples of 1/16 and
+stored exactly in float8.
 """
 
 from __future__ import annotations
@@ -12,8 +20,25 @@ import numpy as np
 import torch
 
 from motionclone import AnimateDiffMotionModel, MotionModule
-from toyworld import COLOURS, SHAPES, random_clip
+from motionclone.toyworld import COLOURS, SHAPES, random_clip
 
+# The model-space latent (VAE latent x SD1.5's scale factor 0.18215) is 4 * (colour - 0.09): the toy
+# world's dark background is 0 and a shape's colours reach about 3.5, a spread like a real SD latent's.
+# Centred on the background: with a large mean, an epsilon-predicting UNet has to predict the noise to
+# within a few hundredths at the noisiest timesteps (the mean error is multiplied by sigma ~25 there),
+# which the toy training did not reach (sampled frames kept a wrong mean and stayed noise).
+# TAESD's vae_scale/vae_shift map the encoder's colour to that.
+LATENT_GAIN = 4.0
+LATENT_ZERO = 0.09  # the colour that maps to 0: the plain background's (0.08, 0.08, 0.10), rounded
+SD15_SCALE_FACTOR = 0.18215
+# TAESD's decoder starts with tanh(x / 3) * 3: the encoder hands on half the colour, where it is linear
+# to within 1 %, and the decoder's last convolution doubles it again.
+DECODER_INPUT_GAIN = 0.5
+LUMA = torch.tensor([0.25, 0.5, 0.25])  # latent channel 3: (R + 2G + B) / 4, weights exact in float8
+# TAESD encodes as encoder(image) / vae_scale + vae_shift and decodes decoder((z - vae_shift) * vae_scale).
+VAE_SCALE = DECODER_INPUT_GAIN * SD15_SCALE_FACTOR / LATENT_GAIN
+VAE_SHIFT = -LATENT_ZERO * LATENT_GAIN / SD15_SCALE_FACTOR
+CLIP_SEED = 11
 EMA_DECAY = 0.998
 PROMPT_DROPOUT = 0.1
 MOTION_MIX = (("translate", 0.70), ("zoom", 0.15), ("static", 0.15))
@@ -100,7 +125,7 @@ class ToyTrainer:
         self.clip = comfy.sd.CLIP(arch.clip_target())
         # Rounded to float16 so the text features seen in training are the ones the float16 file gives back.
         clip_state = {k: v.half().float() if v.is_floating_point() else v
-                      for k, v in arch.seeded_clip_state(self.clip.cond_stage_model).items()}
+                      for k, v in seeded_clip_state(self.clip.cond_stage_model).items()}
         self.clip.cond_stage_model.load_state_dict(clip_state)
         self.clip_state = clip_state
         self.prompts = toy_prompts()
@@ -157,7 +182,7 @@ class ToyTrainer:
                 frames = frames.flip(2)  # mirror left-right: every shape is left-right symmetric
             if self.rng.random() < 0.5:
                 frames = frames.flip(0)  # time reversed: the opposite motion, equally valid
-            latents.append(self.arch.encode_frames(frames, cell=4))
+            latents.append(encode_frames(frames, cell=4))
             prompt = "" if self.rng.random() < PROMPT_DROPOUT else clip.prompt
             contexts.append(self.conds[prompt].expand(count, -1, -1))
         return torch.cat(latents), torch.cat(contexts), count
@@ -211,6 +236,87 @@ class ToyTrainer:
         ids = torch.tensor(self.prompt_tokens, dtype=torch.int64)
         clip_state["token_ids"] = ids
         clip_state["token_rows"] = self.clip_state[arch.TOKEN_EMBEDDING_KEY][ids].half()
-        vae_state = {k: v if v.ndim == 0 else v.to(torch.float8_e4m3fn) for k, v in arch.taesd_state().items()}
+        vae_state = {k: v if v.ndim == 0 else v.to(torch.float8_e4m3fn) for k, v in taesd_state().items()}
         return {"toy_unet.safetensors": unet_state, "toy_motion_module.safetensors": motion_state,
                 "toy_clip.safetensors": clip_state, "toy_vae.safetensors": vae_state}
+
+
+def seeded_clip_state(clip_model: torch.nn.Module, seed: int = CLIP_SEED) -> dict[str, torch.Tensor]:
+    """Random weights for the toy text encoder, scaled by fan-in (ComfyUI's ops leave them uninitialised)."""
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in clip_model.state_dict().items():
+        if value.numel() == 0 or value.ndim == 0 or not value.is_floating_point():
+            state[key] = value.clone()
+        elif value.ndim == 1 and ("norm" in key or "layer_norm" in key) and key.endswith("weight"):
+            state[key] = torch.ones_like(value)
+        elif value.ndim == 1:
+            state[key] = torch.zeros_like(value)
+        else:
+            fan_in = value.shape[-1]
+            state[key] = torch.randn(value.shape, generator=generator) * fan_in**-0.5
+    return state
+
+
+def taesd_state() -> dict[str, torch.Tensor]:
+    """The fixed-function TAESD state dict (ComfyUI's key layout), float32.
+
+    Encoder: every `Block` is the identity (zero convolutions; its final ReLU keeps non-negative colours),
+    each stride-2 convolution a 2x2 average, so the latent is the 8x8 mean colour. Decoder: `Block`s are
+    identities again, each nearest-neighbour upsampling is followed by a [1, 2, 1] x [1, 2, 1] / 16 blur
+    (together a smooth, bilinear-like 2x upsampling).
+    """
+    import comfy.taesd.taesd
+
+    model = comfy.taesd.taesd.TAESD(latent_channels=4)
+    state = {key: torch.zeros_like(value) for key, value in model.state_dict().items()}
+    eye3 = torch.eye(3)
+
+    def centre_tap(out_channels: int, in_channels: int, matrix: torch.Tensor) -> torch.Tensor:
+        weight = torch.zeros(out_channels, in_channels, 3, 3)
+        weight[: matrix.shape[0], : matrix.shape[1], 1, 1] = matrix
+        return weight
+
+    encoder = model.taesd_encoder
+    decoder = model.taesd_decoder
+    box = torch.zeros(3, 3)
+    box[1:, 1:] = 0.25  # a stride-2 3x3 conv with padding 1 sees rows 2i-1..2i+1: taps 1 and 2 are 2i, 2i+1
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    blur = torch.outer(blur, blur) / 16
+    for index, layer in enumerate(encoder):
+        if isinstance(layer, torch.nn.Conv2d):
+            prefix = f"taesd_encoder.{index}"
+            if layer.stride == (2, 2):
+                weight = torch.zeros_like(state[f"{prefix}.weight"])
+                for c in range(3):
+                    weight[c, c] = box
+                state[f"{prefix}.weight"] = weight
+            elif layer.in_channels == 3:
+                state[f"{prefix}.weight"] = centre_tap(layer.out_channels, 3, eye3)
+            else:  # the last conv: 64 -> 4 latent channels
+                matrix = torch.cat([eye3, LUMA[None]]) * DECODER_INPUT_GAIN
+                state[f"{prefix}.weight"] = centre_tap(4, layer.in_channels, matrix)
+    for index, layer in enumerate(decoder):
+        if isinstance(layer, torch.nn.Conv2d):
+            prefix = f"taesd_decoder.{index}"
+            if layer.in_channels == 4:
+                state[f"{prefix}.weight"] = centre_tap(layer.out_channels, 4, torch.cat([eye3, torch.zeros(3, 1)], 1))
+            elif layer.out_channels == 3:
+                state[f"{prefix}.weight"] = centre_tap(3, layer.in_channels, eye3 / DECODER_INPUT_GAIN)
+            else:  # after an upsampling
+                weight = torch.zeros_like(state[f"{prefix}.weight"])
+                for c in range(3):
+                    weight[c, c] = blur
+                state[f"{prefix}.weight"] = weight
+    state["vae_scale"] = torch.tensor(VAE_SCALE)
+    state["vae_shift"] = torch.tensor(VAE_SHIFT)
+    return state
+
+
+def encode_frames(frames: torch.Tensor, cell: int = 8) -> torch.Tensor:
+    """What the toy VAE encodes, computed directly: `(N, H, W, 3)` in [0, 1] -> model-space latents
+    `(N, 4, H / cell, W / cell)` (the VAE's latent times SD1.5's scale factor). `cell` 8 is the VAE;
+    a frame rendered at half size with `cell` 4 gives the same latent up to anti-aliasing."""
+    colour = torch.nn.functional.avg_pool2d(frames.movedim(-1, 1), cell)
+    luma = torch.einsum("nchw,c->nhw", colour, LUMA)[:, None]
+    return LATENT_GAIN * (torch.cat([colour, luma], dim=1) - LATENT_ZERO)
