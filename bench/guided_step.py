@@ -48,16 +48,10 @@ from types import SimpleNamespace
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.append(os.path.dirname(HERE))  # the pack's `motionclone`; appended: its nodes/ must not shadow ComfyUI's
 
 STEPS = 8  # the first half guided
 MODES = ("fast", "balanced", "low")
-SD15_UNET = {
-    "context_dim": 768, "model_channels": 320, "use_linear_in_transformer": False, "adm_in_channels": None,
-    "use_temporal_attention": False, "in_channels": 4, "out_channels": 4, "num_res_blocks": [2, 2, 2, 2],
-    "channel_mult": [1, 2, 4, 4], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1,
-    "use_spatial_transformer": True, "legacy": False, "image_size": 32,
-}
 SD15_V3_FP16_WEIGHT_BYTES = 2 * (859_520_964 + 417_137_280)  # UNet + v3 motion module parameters, 2 bytes each
 GIB = 2**30
 MIB = 2**20
@@ -115,6 +109,7 @@ def build(args, engine, motionclone):
     import comfy.model_patcher
     import comfy.supported_models
     import torch
+    from model_files import SD15_CHANNELS, SD15_UNET
     from testing_pack import TINY_UNET, seeded_weights
 
     unet_config = dict(SD15_UNET if args.full_size else TINY_UNET)
@@ -126,7 +121,7 @@ def build(args, engine, motionclone):
     del weights
     patcher = comfy.model_patcher.ModelPatcher(model, comfy.model_management.get_torch_device(),
                                                comfy.model_management.unet_offload_device())
-    channels = (320, 640, 1280, 1280) if args.full_size else tuple(32 * m for m in TINY_UNET["channel_mult"])
+    channels = SD15_CHANNELS if args.full_size else tuple(32 * m for m in TINY_UNET["channel_mult"])
     motion_model = motionclone.AnimateDiffMotionModel(channels).eval().requires_grad_(False).to(args.torch_dtype)
     context = torch.randn(1, 77, unet_config["context_dim"])
     weight_bytes = sum(t.numel() * t.element_size() for m in (model, motion_model) for t in m.parameters())

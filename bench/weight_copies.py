@@ -102,10 +102,8 @@ def build_model(full_size: bool, weight_dtype):
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
+    from model_files import SD15_UNET
     from testing_pack import TINY_UNET, seeded_weights
-
-    sys.path.insert(0, HERE)
-    from guided_step import SD15_UNET
 
     config = comfy.supported_models.SD15(dict(SD15_UNET if full_size else TINY_UNET))
     device = comfy.model_management.get_torch_device()

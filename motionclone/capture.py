@@ -22,6 +22,8 @@ from contextlib import contextmanager
 
 import torch
 
+from .layout import in_blocks
+
 
 class ForwardStopped(Exception):
     """Ends a UNet forward early; caught by whoever started the captured forward."""
@@ -59,10 +61,10 @@ class AttentionCapture:
         self._replaying = False
 
     def wants(self, layer_name: str) -> bool:
-        return _in_blocks(layer_name, self.blocks)
+        return in_blocks(layer_name, self.blocks)
 
     def wants_keys(self, layer_name: str) -> bool:
-        return _in_blocks(layer_name, self.key_blocks)
+        return in_blocks(layer_name, self.key_blocks)
 
     @contextmanager
     def replaying(self) -> Iterator[None]:
@@ -108,7 +110,3 @@ class AttentionCapture:
     def gradient_recording_ends_after(self, module_name: str) -> bool:
         """Whether the forward needs no autograd graph once `module_name` has run."""
         return self.no_grad_after is not None and module_name == self.no_grad_after and not self._replaying
-
-
-def _in_blocks(layer_name: str, blocks: tuple[str, ...]) -> bool:
-    return any(layer_name.startswith(block + ".") for block in blocks)

@@ -15,6 +15,9 @@ SD15_OUTPUT_BLOCKS = 12
 # ComfyUI's SD1.5 output blocks holding up_blocks.1's spatial transformers: where subject masks are read from
 # cross-attention (docs/algorithm.md §5).
 MASK_CROSS_BLOCKS = (("output", 3), ("output", 4), ("output", 5))
+# Each diffusers block's resolution as a power of two below the latent's (a motion file's blocks are checked
+# against it).
+BLOCK_DOWNSCALE = {**{f"down_blocks.{i}": i for i in range(4)}, "mid_block": 3, **{f"up_blocks.{i}": 3 - i for i in range(4)}}
 
 
 def comfy_block_of(module_name: str) -> tuple[str, int]:
@@ -37,6 +40,11 @@ def validate_block_names(blocks: tuple[str, ...], has_mid_block: bool) -> tuple[
         if block not in valid:
             raise MotionCloneError(f"Unknown motion-module block '{block}'; expected one of {', '.join(valid)}.")
     return blocks
+
+
+def in_blocks(name: str, blocks: tuple[str, ...]) -> bool:
+    """Whether the module or layer `name` lies in one of the diffusers `blocks` (or is one of them)."""
+    return any(name == block or name.startswith(block + ".") for block in blocks)
 
 
 def block_of_layer(layer_name: str) -> str:

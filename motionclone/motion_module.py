@@ -30,6 +30,7 @@ from torch import nn
 
 from .capture import AttentionCapture
 from .errors import FrameCountError
+from .layout import in_blocks
 
 MOTION_MODULE_HEADS = 8
 
@@ -313,16 +314,12 @@ class AnimateDiffMotionModel(nn.Module):
         return [
             layer.name
             for module in self.modules_in_forward_order()
-            if _in_blocks(module.name, block_prefixes)
+            if in_blocks(module.name, block_prefixes)
             for layer in module.modules()
             if isinstance(layer, TemporalAttention)
         ]
 
     def last_module_in(self, block_prefixes: tuple[str, ...]) -> str | None:
         """The name of the last motion module the forward runs inside the given blocks."""
-        names = [m.name for m in self.modules_in_forward_order() if _in_blocks(m.name, block_prefixes)]
+        names = [m.name for m in self.modules_in_forward_order() if in_blocks(m.name, block_prefixes)]
         return names[-1] if names else None
-
-
-def _in_blocks(name: str, block_prefixes: tuple[str, ...]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in block_prefixes)

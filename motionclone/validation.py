@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import torch
 
 from .errors import MotionCloneError, MotionFileError
+from .layout import BLOCK_DOWNSCALE
 from .motion_module import MOTION_MODULE_HEADS
 from .representation import FORMAT_VERSION, MotionMetadata, MotionRepresentation
 from .windows import SCHEDULES
@@ -24,7 +25,6 @@ MAX_LAYERS = 64  # v2 has 32 attention layers in all blocks
 MAX_FRAMES = 4096
 MAX_LATENT_SIDE = 1024  # 8192 px
 MAX_TIMESTEPS = 1000
-BLOCK_DOWNSCALE = {**{f"down_blocks.{i}": i for i in range(4)}, "mid_block": 3, **{f"up_blocks.{i}": 3 - i for i in range(4)}}
 _LAYER = re.compile(r"^(down_blocks\.[0-3]|mid_block|up_blocks\.[0-3])\.motion_modules\.\d+\.temporal_transformer\."
                     r"transformer_blocks\.\d+\.attention_blocks\.\d+$")
 FIX = "Extract the motion again with 'MotionClone: Extract Motion' (and save it again if it came from a file)."

@@ -2,30 +2,11 @@
 
 from __future__ import annotations
 
-import comfy.sample
-import comfy.utils
-import latent_preview
 from comfy_api.latest import io, ui
 
-from ..motionclone import GuidanceLog, motionclone_timesteps
 from ..motionclone.memory import AUTO, MEMORY_MODES
-from ..motionclone.validation import require_finite, require_finite_number
-from .engine.checks import (
-    check_conditioning,
-    check_fits,
-    check_schedule,
-    checked_motion,
-    family_warning,
-    is_guided,
-    refuse_noise_mask,
-    refuse_stacked_guidance,
-    refuse_windowed_extras,
-    require_attention_model,
-)
-from .engine.guided_step import guidance_settings
-from .engine.memory import memory_mode_for, with_memory_mode, without_dynamic_vram
-from .engine.run import Guidance
-from .engine.samplers import MotionGuidanceWrapper, apply_motion_guidance, motionclone_ksampler, motionclone_sigmas
+from .engine.checks import is_guided
+from .engine.samplers import GuidanceRequest, guided_model, motionclone_sigmas, sample_guided
 from .types import MotionSocket, SemanticGuidanceSocket
 
 SAMPLER_NODE, GUIDANCE_NODE = "MotionClone Sampler", "MotionClone: Guidance"  # display names, also in refusals
@@ -127,30 +108,10 @@ class MotionCloneSampler(io.ComfyNode):
     def execute(cls, model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image,
                 motion, motion_weight, warm_up_steps, cool_down_steps, semantic_guidance=None,
                 memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
-        motion_model = require_attention_model(model, SAMPLER_NODE)
-        refuse_stacked_guidance(model)
-        model = without_dynamic_vram(model, SAMPLER_NODE)
-        motion = checked_motion(motion)
-        require_finite_number(motion_weight, "motion_weight")
-        check_conditioning(positive, "positive")
-        check_conditioning(negative, "negative")
-        refuse_noise_mask(latent_image.get("noise_mask"))
-        samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-        require_finite(samples, "'latent_image'", "Connect an Empty Latent Image, or check the nodes before 'latent_image'.")
-        check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
-        refuse_windowed_extras(model.model_options, samples.shape[0], semantic_guidance, gradient_every)
-        warning = family_warning(motion_model, motion)
-        sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
-        check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
-        log = GuidanceLog()
-        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
-                                     gradient_every)
-        mode = memory_mode_for(memory_mode, model, motion)
-        sampler = motionclone_ksampler(Guidance(motion, settings, SAMPLER_NODE, semantic_guidance, mode), log)
-        noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
-        callback = latent_preview.prepare_callback(model, steps)
-        out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative, samples,
-                                         callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+        out, log, settings, warning = sample_guided(
+            model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image, motion,
+            GuidanceRequest(motion_weight, warm_up_steps, cool_down_steps, semantic_guidance, memory_mode, gradient_every),
+            SAMPLER_NODE)
         result = latent_image.copy()
         result["samples"] = out
         summary = [warning] if warning else []
@@ -217,18 +178,10 @@ class MotionCloneGuidance(io.ComfyNode):
     @classmethod
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
                 semantic_guidance=None, memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
-        motion_model = require_attention_model(model, GUIDANCE_NODE)
-        motion = checked_motion(motion)
-        require_finite_number(motion_weight, "motion_weight")
-        model = without_dynamic_vram(model, GUIDANCE_NODE)
-        settings = guidance_settings(motion_weight, guided_fraction, warm_up_steps, cool_down_steps, semantic_guidance,
-                                     gradient_every)
-        mode = memory_mode_for(memory_mode, model, motion)
-        guidance = Guidance(motion, settings, GUIDANCE_NODE, semantic_guidance, mode)
-        patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)
-        warning = family_warning(motion_model, motion)
+        patched, warning = guided_model(model, motion, guided_fraction, GuidanceRequest(
+            motion_weight, warm_up_steps, cool_down_steps, semantic_guidance, memory_mode, gradient_every), GUIDANCE_NODE)
         text = [warning] if warning else []
-        if is_guided(model):
+        if is_guided(model):  # the MODEL as it came in
             text.append("This MODEL already carried 'MotionClone: Guidance'; this node's guidance replaces it "
                         "(one guidance per MODEL).")
         return io.NodeOutput(patched, ui=ui.PreviewText("\n".join(text)) if text else None)

@@ -14,19 +14,36 @@ they differ only in how they apply its gradient.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import comfy.model_management
 import comfy.model_patcher
 import comfy.patcher_extension
 import comfy.sample
 import comfy.samplers
 import comfy.utils
+import latent_preview
 import torch
 
 from ...motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps, sample_motionclone
 from ...motionclone.inversion import InvertedClip, ddim_inversion, inversion_timesteps
-from .checks import refuse_noise_mask, refuse_split_forwards
+from ...motionclone.subject import SemanticSettings
+from ...motionclone.validation import require_finite, require_finite_number
+from .checks import (
+    check_conditioning,
+    check_fits,
+    check_schedule,
+    checked_motion,
+    family_warning,
+    refuse_noise_mask,
+    refuse_split_forwards,
+    refuse_stacked_guidance,
+    refuse_windowed_extras,
+    require_attention_model,
+)
 from .forwards import apply_cfg
-from .guided_step import guided_step, schedule_position
+from .guided_step import guidance_settings, guided_step, schedule_position
+from .memory import memory_mode_for, with_memory_mode, without_dynamic_vram
 from .run import GUIDANCE_KEY, Guidance, current_run
 
 
@@ -164,3 +181,66 @@ def invert_clip(model: comfy.model_patcher.ModelPatcher, samples: torch.Tensor, 
                                         conditioning, samples, disable_pbar=True)
     inversion = InvertedClip(torch.stack(trajectory), tuple(timesteps), sigmas, model_family)
     return inversion, noised, torch.cat([sigmas.flip(0), torch.zeros(1)])
+
+
+@dataclass(frozen=True)
+class GuidanceRequest:
+    """The guidance widgets both guided nodes share, as the user set them (memory_mode may be auto)."""
+
+    motion_weight: float
+    warm_up_steps: int
+    cool_down_steps: int
+    semantic: SemanticSettings | None
+    memory_mode: str
+    gradient_every: int
+
+
+def sample_guided(model, seed: int, steps: int, guided_steps: int, guided_fraction: float, cfg: float, positive,
+                  negative, latent_image: dict, motion, request: GuidanceRequest, node: str):
+    """'MotionClone Sampler': every input checked, then MotionClone's guided DDIM over the official schedule
+    through `comfy.sample.sample_custom` (docs/algorithm.md §6-7).
+
+    Returns:
+        `(samples, log, settings, warning)`: the sampled latent `(F, 4, h, w)`, the run's `GuidanceLog`, the
+        `GuidanceSettings` used, and a motion-family warning or None.
+    """
+    motion_model = require_attention_model(model, node)
+    refuse_stacked_guidance(model)
+    model = without_dynamic_vram(model, node)
+    motion = checked_motion(motion)
+    require_finite_number(request.motion_weight, "motion_weight")
+    check_conditioning(positive, "positive")
+    check_conditioning(negative, "negative")
+    refuse_noise_mask(latent_image.get("noise_mask"))
+    samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
+    require_finite(samples, "'latent_image'", "Connect an Empty Latent Image, or check the nodes before 'latent_image'.")
+    check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
+    refuse_windowed_extras(model.model_options, samples.shape[0], request.semantic, request.gradient_every)
+    warning = family_warning(motion_model, motion)
+    sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
+    check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
+    log = GuidanceLog()
+    settings = guidance_settings(request.motion_weight, guided_fraction, request.warm_up_steps, request.cool_down_steps,
+                                 request.semantic, request.gradient_every)
+    mode = memory_mode_for(request.memory_mode, model, motion)
+    sampler = motionclone_ksampler(Guidance(motion, settings, node, request.semantic, mode), log)
+    noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
+    callback = latent_preview.prepare_callback(model, steps)
+    out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative, samples,
+                                     callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    return out, log, settings, warning
+
+
+def guided_model(model, motion, guided_fraction: float, request: GuidanceRequest, node: str):
+    """'MotionClone: Guidance': a clone of `model` whose every noise prediction is guided (`MotionGuidanceWrapper`),
+    with the memory mode's patches. Returns `(patched, warning)`: the MODEL and a motion-family warning or None."""
+    motion_model = require_attention_model(model, node)
+    motion = checked_motion(motion)
+    require_finite_number(request.motion_weight, "motion_weight")
+    model = without_dynamic_vram(model, node)
+    settings = guidance_settings(request.motion_weight, guided_fraction, request.warm_up_steps, request.cool_down_steps,
+                                 request.semantic, request.gradient_every)
+    mode = memory_mode_for(request.memory_mode, model, motion)
+    guidance = Guidance(motion, settings, node, request.semantic, mode)
+    patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)
+    return patched, family_warning(motion_model, motion)
