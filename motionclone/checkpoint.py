@@ -20,7 +20,9 @@ from .errors import MotionModuleFormatError
 from .motion_module import AnimateDiffMotionModel, TorchOperations
 
 ANIMATELCM_MAX_FRAMES = 64
-_KEY = re.compile(r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\.motion_modules\.(\d+)\.temporal_transformer\.(.+)$")
+_KEY = re.compile(
+    r"^(down_blocks\.(\d+)|mid_block|up_blocks\.(\d+))\.motion_modules\.(\d+)\.temporal_transformer\.(.+)$"
+)
 
 
 @dataclass(frozen=True)
@@ -122,8 +124,12 @@ def detect_motion_module(state: dict[str, torch.Tensor], name: str = "the file")
     channels = tuple(_level_channels(state, f"down_blocks.{i}", name) for i in range(4))
     has_mid = any(m.group(1) == "mid_block" for m in matches)
     pe_keys = [k for k in motion_keys if k.endswith("pos_encoder.pe")]
-    transformer_blocks = 1 + max(int(re.search(r"transformer_blocks\.(\d+)", k).group(1)) for k in motion_keys if "transformer_blocks." in k)
-    attention_layers = 1 + max(int(re.search(r"attention_blocks\.(\d+)", k).group(1)) for k in motion_keys if "attention_blocks." in k)
+    transformer_blocks = 1 + max(
+        int(re.search(r"transformer_blocks\.(\d+)", k).group(1)) for k in motion_keys if "transformer_blocks." in k
+    )
+    attention_layers = 1 + max(
+        int(re.search(r"attention_blocks\.(\d+)", k).group(1)) for k in motion_keys if "attention_blocks." in k
+    )
     if pe_keys:
         max_frames = int(state[pe_keys[0]].shape[1])
         version = "v2" if has_mid else ("v1" if max_frames == 24 else "v3")

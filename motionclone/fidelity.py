@@ -142,7 +142,8 @@ def track_grid(frames: torch.Tensor, grid_size: int = 16, size: tuple[int, int] 
         forward, status, _ = cv2.calcOpticalFlowPyrLK(previous, current, points, None, **params)
         back, back_status, _ = cv2.calcOpticalFlowPyrLK(current, previous, forward, None, **params)
         forward, back = forward.reshape(-1, 2), back.reshape(-1, 2)
-        inside = (forward[:, 0] >= 0) & (forward[:, 0] <= width - 1) & (forward[:, 1] >= 0) & (forward[:, 1] <= height - 1)
+        inside = ((forward[:, 0] >= 0) & (forward[:, 0] <= width - 1)
+                  & (forward[:, 1] >= 0) & (forward[:, 1] <= height - 1))
         consistent = np.linalg.norm(back - points.reshape(-1, 2), axis=1) <= backtrack_limit
         keep = status.ravel().astype(bool) & back_status.ravel().astype(bool) & inside & consistent
         step = path[-1].copy()
@@ -215,7 +216,9 @@ class SegmentedResult:
     first_segment: tuple[int, int]
 
     def describe(self) -> str:
-        parts = ", ".join(f"{start}-{stop - 1}: {score:.3f}" for (start, stop), score in zip(self.segments, self.scores))
+        parts = ", ".join(
+            f"{start}-{stop - 1}: {score:.3f}" for (start, stop), score in zip(self.segments, self.scores)
+        )
         return (f"mean over {len(self.segments)} segments of {self.segments[0][1] - self.segments[0][0]} frames "
                 f"{self.score:.3f} (frames {parts}); first tracked segment: {self.first.describe()}")
 
@@ -290,7 +293,9 @@ def plot_tracks(reference: torch.Tensor, generated: torch.Tensor, reference_trac
     scale = panel_side / max(height, width)
     panel_size = (max(1, round(height * scale)), max(1, round(width * scale)))
     panels = []
-    for frames, tracks, label in ((reference, reference_tracks, "reference"), (generated, generated_tracks, "generated")):
+    for frames, tracks, label in (
+        (reference, reference_tracks, "reference"), (generated, generated_tracks, "generated"),
+    ):
         canvas = (_to_uint8(frames[:1], panel_size)[0].astype(np.float32) * 0.45).astype(np.uint8)
         canvas = np.ascontiguousarray(canvas)
         for track in tracks.positions:
@@ -349,7 +354,8 @@ def _check_same_frames(reference: torch.Tensor, generated: torch.Tensor) -> None
         raise MotionCloneError(
             f"'reference' has {reference.shape[0]} frames but 'generated' has {generated.shape[0]}. "
             "Motion is compared frame step by frame step: give both the same frame count, e.g. take the first "
-            f"{min(reference.shape[0], generated.shape[0])} frames of the longer one with the stock 'ImageFromBatch' node.")
+            f"{min(reference.shape[0], generated.shape[0])} frames of the longer one with the stock "
+            "'ImageFromBatch' node.")
 
 
 def _check_clip(clip, name: str) -> torch.Tensor:
@@ -383,6 +389,7 @@ def _cv2():
     except ImportError as error:
         raise MotionCloneError(
             "Motion fidelity needs OpenCV, which is not installed in ComfyUI's Python. Install it with "
-            "`python -m pip install opencv-python-headless` (the pack's requirements.txt lists it), then restart ComfyUI."
+            "`python -m pip install opencv-python-headless` (the pack's requirements.txt lists it), "
+            "then restart ComfyUI."
         ) from error
     return cv2

@@ -14,11 +14,10 @@ starting at `z_prev = z0` with `abar_prev = 1` (diffusers' `final_alpha_cumprod`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
 import operator
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -52,7 +51,10 @@ def _checked_schedule(
 ) -> tuple[list[int], list[float]]:
     """The timesteps as Python ints and their abar_t as float64 numbers, after checking order and range."""
     if alphas_cumprod.ndim != 1:
-        raise MotionCloneError(f"alphas_cumprod must be 1-D (one abar per training timestep), got shape {tuple(alphas_cumprod.shape)}.")
+        raise MotionCloneError(
+            "alphas_cumprod must be 1-D (one abar per training timestep), "
+            f"got shape {tuple(alphas_cumprod.shape)}."
+        )
     timesteps = [operator.index(t) for t in timesteps]
     if not timesteps:
         raise MotionCloneError("The timestep list is empty; give at least one timestep.")
@@ -83,7 +85,9 @@ def _ddim_move(z: torch.Tensor, eps: torch.Tensor, abar_from: float, abar_to: fl
     coefficients formed in float64 Python numbers; the result keeps z's dtype.
     """
     if eps.shape != z.shape:
-        raise MotionCloneError(f"The noise prediction has shape {tuple(eps.shape)}, expected the latent's {tuple(z.shape)}.")
+        raise MotionCloneError(
+            f"The noise prediction has shape {tuple(eps.shape)}, expected the latent's {tuple(z.shape)}."
+        )
     scale = math.sqrt(abar_to / abar_from)
     eps_coefficient = math.sqrt(1.0 - abar_to) - scale * math.sqrt(1.0 - abar_from)
     return scale * z + eps_coefficient * eps.to(z.dtype)
@@ -144,4 +148,5 @@ class InvertedClip:
     def describe(self) -> str:
         frames, _, height, width = self.latents.shape[1:]
         return (f"DDIM inversion: {len(self.timesteps)} steps t={self.timesteps[0]}..{self.timesteps[-1]}, "
-                f"{frames} frames of {width * 8}x{height * 8} px, {self.latents.nbytes / 2**20:.0f} MiB, {self.model_family}")
+                f"{frames} frames of {width * 8}x{height * 8} px, {self.latents.nbytes / 2**20:.0f} MiB, "
+                f"{self.model_family}")

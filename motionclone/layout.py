@@ -17,7 +17,9 @@ SD15_OUTPUT_BLOCKS = 12
 MASK_CROSS_BLOCKS = (("output", 3), ("output", 4), ("output", 5))
 # Each diffusers block's resolution as a power of two below the latent's (a motion file's blocks are checked
 # against it).
-BLOCK_DOWNSCALE = {**{f"down_blocks.{i}": i for i in range(4)}, "mid_block": 3, **{f"up_blocks.{i}": 3 - i for i in range(4)}}
+BLOCK_DOWNSCALE = {
+    **{f"down_blocks.{i}": i for i in range(4)}, "mid_block": 3, **{f"up_blocks.{i}": 3 - i for i in range(4)},
+}
 
 
 def comfy_block_of(module_name: str) -> tuple[str, int]:

@@ -37,7 +37,9 @@ def _float_dtype(t: torch.Tensor) -> torch.dtype:
 
 def _require_frames_grid(t: torch.Tensor, what: str) -> None:
     if t.ndim != 3:
-        raise MotionCloneError(f"{what} must be (frames, height, width), got shape {tuple(t.shape)}; reshape (F, H*W) to (F, H, W).")
+        raise MotionCloneError(
+            f"{what} must be (frames, height, width), got shape {tuple(t.shape)}; reshape (F, H*W) to (F, H, W)."
+        )
 
 
 def subject_attention(layer_probs: Sequence[torch.Tensor], token_positions: Sequence[int]) -> torch.Tensor:
@@ -66,7 +68,9 @@ def subject_attention(layer_probs: Sequence[torch.Tensor], token_positions: Sequ
                 f"got {tuple(probs.shape)}; use layers of one block and one video."
             )
     if not all(0 <= p < tokens for p in positions):
-        raise MotionCloneError(f"Token positions must lie in 0..{tokens - 1}, got {positions}; the prompt is shorter than that.")
+        raise MotionCloneError(
+            f"Token positions must lie in 0..{tokens - 1}, got {positions}; the prompt is shorter than that."
+        )
     index = torch.tensor(positions, device=layer_probs[0].device)
     columns = torch.cat([probs.index_select(-1, index) for probs in layer_probs], dim=1)  # (F, all heads, HW, P)
     return columns.to(_float_dtype(columns)).mean(dim=(1, 3))
@@ -89,7 +93,9 @@ def normalise_per_frame(attention: torch.Tensor) -> torch.Tensor:
 def binary_mask(normalised: torch.Tensor, threshold: float) -> torch.Tensor:
     """`normalised > threshold` as 0/1 floats of the same shape (docs/algorithm.md §5; tau = 0.3 by default)."""
     if not isinstance(threshold, numbers.Real) or not 0.0 <= threshold <= 1.0:
-        raise MotionCloneError(f"The mask threshold must be a number in [0, 1] (normalised attention), got {threshold!r}.")
+        raise MotionCloneError(
+            f"The mask threshold must be a number in [0, 1] (normalised attention), got {threshold!r}."
+        )
     return (normalised > threshold).to(_float_dtype(normalised))
 
 

@@ -59,7 +59,9 @@ def load_motion(path: str) -> MotionRepresentation:
     source = f"Motion file {excerpt(name)}"
     format_text = header[FORMAT_KEY]
     if not (isinstance(format_text, str) and format_text.isdecimal() and len(format_text) <= 6):
-        raise MotionFileError(f"{source} has a damaged header ({FORMAT_KEY}={excerpt(format_text)}): extract the motion again.")
+        raise MotionFileError(
+            f"{source} has a damaged header ({FORMAT_KEY}={excerpt(format_text)}): extract the motion again."
+        )
     version = int(format_text)
     if version > FORMAT_VERSION:
         raise MotionFileError(
@@ -69,11 +71,18 @@ def load_motion(path: str) -> MotionRepresentation:
     try:
         raw = json.loads(header.get(METADATA_KEY, ""))
     except ValueError as error:
-        raise MotionFileError(f"{source} is damaged: its '{METADATA_KEY}' header is not JSON. Extract the motion again.") from error
+        raise MotionFileError(
+            f"{source} is damaged: its '{METADATA_KEY}' header is not JSON. Extract the motion again."
+        ) from error
     metadata = metadata_from_header(raw, version, source)
-    missing = [f"{layer}.{kind}" for layer in metadata.layers for kind in ("values", "indices") if f"{layer}.{kind}" not in tensors]
+    missing = [
+        f"{layer}.{kind}" for layer in metadata.layers for kind in ("values", "indices")
+        if f"{layer}.{kind}" not in tensors
+    ]
     if missing:
-        raise MotionFileError(f"{source} is damaged: tensor {excerpt(missing[0])} is missing. Extract the motion again.")
+        raise MotionFileError(
+            f"{source} is damaged: tensor {excerpt(missing[0])} is missing. Extract the motion again."
+        )
     values = {layer: tensors[f"{layer}.values"] for layer in metadata.layers}
     indices = {layer: tensors[f"{layer}.indices"] for layer in metadata.layers}
     return validate_representation(MotionRepresentation(metadata, values, indices), source)

@@ -103,7 +103,9 @@ class PositionalEncoding(nn.Module):
 class TemporalAttention(nn.Module):
     """AnimateDiff's `VersatileAttention`: self-attention across the frames at each position."""
 
-    def __init__(self, channels: int, max_frames: int, heads: int = MOTION_MODULE_HEADS, operations=TorchOperations, **factory):
+    def __init__(
+        self, channels: int, max_frames: int, heads: int = MOTION_MODULE_HEADS, operations=TorchOperations, **factory
+    ):
         super().__init__()
         self.heads = heads
         self.name = ""  # diffusers-style layer name, set by AnimateDiffMotionModel
@@ -134,7 +136,8 @@ class TemporalAttention(nn.Module):
                 )
             )
         out = self.to_out[1](self.to_out[0](out))
-        return out.reshape(batch, positions, frames, channels).transpose(1, 2).reshape(batch_frames, positions, channels)
+        return (out.reshape(batch, positions, frames, channels).transpose(1, 2)
+                .reshape(batch_frames, positions, channels))
 
 
 class GEGLU(nn.Module):
@@ -152,7 +155,9 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = channels * multiplier
         self.net = nn.ModuleList([
-            GEGLU(channels, inner, operations, **factory), nn.Dropout(0.0), operations.Linear(inner, channels, **factory),
+            GEGLU(channels, inner, operations, **factory),
+            nn.Dropout(0.0),
+            operations.Linear(inner, channels, **factory),
         ])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +169,9 @@ class FeedForward(nn.Module):
 class TemporalTransformerBlock(nn.Module):
     """Pre-norm block: each temporal attention then the GEGLU feed-forward, all residual."""
 
-    def __init__(self, channels: int, max_frames: int, attention_layers: int = 2, operations=TorchOperations, **factory):
+    def __init__(
+        self, channels: int, max_frames: int, attention_layers: int = 2, operations=TorchOperations, **factory
+    ):
         super().__init__()
         self.attention_blocks = nn.ModuleList(
             TemporalAttention(channels, max_frames, operations=operations, **factory) for _ in range(attention_layers)
@@ -238,7 +245,8 @@ class MotionModule(nn.Module):
 
 class _MotionBlock(nn.Module):
     def __init__(
-        self, channels: int, count: int, max_frames: int, transformer_blocks: int, attention_layers: int, operations, **factory
+        self, channels: int, count: int, max_frames: int, transformer_blocks: int, attention_layers: int, operations,
+        **factory,
     ):
         super().__init__()
         self.motion_modules = nn.ModuleList(

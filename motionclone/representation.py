@@ -132,7 +132,9 @@ class MotionRepresentation:
                 "the same steps, guided_steps and guided_fraction as the sampler."
             ) from None
 
-    def to_device(self, device: torch.device, timestep: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def to_device(
+        self, device: torch.device, timestep: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """`(values as float32, indices as int64)` on `device`, the forms `motion_loss` computes with.
 
         For a per-timestep representation, the entry of sampling timestep `timestep` (`entry_for`).

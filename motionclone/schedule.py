@@ -85,7 +85,8 @@ class GuidanceRamp:
     cool_down: int = 10
 
     def warm_up_factor(self, step: int) -> float:
-        """`warm(i)` alone, 0 outside the guided steps (v1 scales its semantic term by this only, docs/algorithm.md §4, §6)."""
+        """`warm(i)` alone, 0 outside the guided steps (v1 scales its semantic term by this only,
+        docs/algorithm.md §4, §6)."""
         if not 0 <= step < self.guided_steps:
             return 0.0
         return (step + 1) / self.warm_up if step < self.warm_up else 1.0

@@ -42,7 +42,9 @@ def keys_to_frame_major(keys: torch.Tensor) -> torch.Tensor:
     (`k.reshape(B, HW, F, C)[b]`) and pass it here. The result is a view.
     """
     if keys.ndim != 3:
-        raise MotionCloneError(f"Temporal-attention keys must be (positions, frames, channels), got shape {tuple(keys.shape)}.")
+        raise MotionCloneError(
+            f"Temporal-attention keys must be (positions, frames, channels), got shape {tuple(keys.shape)}."
+        )
     return keys.transpose(0, 1)
 
 
@@ -160,7 +162,9 @@ def semantic_loss(
         if masks is not None and name not in masks:
             missing.append("masks")
         if missing:
-            raise MotionCloneError(f"Layer {name} has a semantic weight but no {' or '.join(missing)} were captured for it.")
+            raise MotionCloneError(
+                f"Layer {name} has a semantic weight but no {' or '.join(missing)} were captured for it."
+            )
         if masks is None:
             term = global_semantic_layer_loss(generated_keys[name], appearance_keys[name])
         else:

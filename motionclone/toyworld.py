@@ -203,7 +203,9 @@ def random_clip(seed: int, *, frames: int = 8, height: int = 32, width: int = 32
         if len(specs) == shapes:
             break
     else:
-        raise ValueError(f"cannot fit {shapes} shapes moving at {speed} px/frame into {width}x{height} for {frames} frames")
+        raise ValueError(
+            f"cannot fit {shapes} shapes moving at {speed} px/frame into {width}x{height} for {frames} frames"
+        )
     spec = ClipSpec(tuple(specs), frames, height, width, pan, background, texture_seed=int(rng.integers(2**31)))
     return render_clip(spec)
 
@@ -270,7 +272,8 @@ def _coverage(kind: str, position: torch.Tensor, radius: float, height: int, wid
 def _background(spec: ClipSpec, offsets: torch.Tensor) -> torch.Tensor:
     """`(F, H, W, 3)` float64: plain, or the texture seen through the camera at each frame's offset."""
     if spec.background == "plain":
-        return torch.tensor(PLAIN_BACKGROUND, dtype=torch.float64).expand(spec.frames, spec.height, spec.width, 3).clone()
+        return (torch.tensor(PLAIN_BACKGROUND, dtype=torch.float64)
+                .expand(spec.frames, spec.height, spec.width, 3).clone())
     rng = np.random.default_rng(spec.texture_seed)
     short = min(spec.height, spec.width)
     # Wavelengths of 1/6 to 1 of the short side: visible structure everywhere, no aliasing even at 32 px.
@@ -287,7 +290,9 @@ def _background(spec: ClipSpec, offsets: torch.Tensor) -> torch.Tensor:
         # Content moves by (dx, dy): what is at (x, y) now was at (x - dx, y - dy) in frame 0.
         argument = 2 * math.pi * (frequencies[:, 0, None, None] * (xs - dx) + frequencies[:, 1, None, None] * (ys - dy))
         waves = torch.sin(argument + torch.tensor(phases)[:, None, None])  # (K, H, W)
-        value = torch.tensor(base) + 0.2 / math.sqrt(TEXTURE_WAVES) * torch.einsum("khw,kc->hwc", waves, torch.tensor(tints))
+        value = torch.tensor(base) + 0.2 / math.sqrt(TEXTURE_WAVES) * torch.einsum(
+            "khw,kc->hwc", waves, torch.tensor(tints)
+        )
         frames.append(value)
     return torch.stack(frames).clamp(0.0, 1.0)
 
@@ -331,6 +336,9 @@ def ping_pong_positions(frames: int, speed: float = PING_PONG_SPEED, size: int =
 
 def ping_pong_frames(frames: int, speed: float = PING_PONG_SPEED, size: int = FRAME_SIZE) -> torch.Tensor:
     """`(frames, size, size, 3)` in [0, 1]: a red circle on the toy world's dark background (`ping_pong_positions`)."""
-    return torch.cat([render_clip(ClipSpec((ShapeSpec("circle", "red", (x, size / 2), PING_PONG_RADIUS * size),), 1, size,
-                                           size)).frames
-                      for x in ping_pong_positions(frames, speed, size)])
+    return torch.cat([
+        render_clip(
+            ClipSpec((ShapeSpec("circle", "red", (x, size / 2), PING_PONG_RADIUS * size),), 1, size, size)
+        ).frames
+        for x in ping_pong_positions(frames, speed, size)
+    ])

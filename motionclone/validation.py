@@ -1,8 +1,9 @@
 """Checks at the door: a MOTION is validated wherever it enters (a file, a node input) before any math runs.
 
-Every failure of a MOTION is a `MotionFileError` (`require_finite`, for any tensor, raises `MotionCloneError`) that names the source (the file or the input), the layer or field,
-what was expected and what was found, and the fix. Text from a file is never echoed beyond a short excerpt
-(`excerpt`), so a hostile or damaged header cannot flood the node's text, the history or the log.
+Every failure of a MOTION is a `MotionFileError` (`require_finite`, for any tensor, raises `MotionCloneError`) that
+names the source (the file or the input), the layer or field, what was expected and what was found, and the fix. Text
+from a file is never echoed beyond a short excerpt (`excerpt`), so a hostile or damaged header cannot flood the node's
+text, the history or the log.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ def metadata_from_header(raw, format_version: int, source: str) -> MotionMetadat
             raise MotionFileError(f"{source} is damaged: unknown block {excerpt(block)} in its metadata. {FIX}")
     for layer in layers:
         if not _LAYER.match(layer) or not any(layer.startswith(block + ".") for block in blocks):
-            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} is not a temporal-attention layer of "
-                                  f"the blocks {', '.join(blocks)}. {FIX}")
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} is not a "
+                                  f"temporal-attention layer of the blocks {', '.join(blocks)}. {FIX}")
     window_length, window_overlap, window_schedule = _window_layout(raw, frames, source)
     return MotionMetadata(
         frames=frames,
@@ -145,7 +146,8 @@ def validate_representation(representation: MotionRepresentation, source: str) -
     for layer in meta.layers:
         values, indices = representation.values.get(layer), representation.indices.get(layer)
         if not isinstance(values, torch.Tensor) or not isinstance(indices, torch.Tensor):
-            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has no values or indices tensor. {FIX}")
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has no values or "
+                                  f"indices tensor. {FIX}")
         lead = ((len(meta.timesteps),) if meta.timesteps else ()) + ((len(meta.windows),) if meta.windowed else ())
         expected = (*lead, positions_of(layer, meta.latent_height, meta.latent_width), MOTION_MODULE_HEADS,
                     window_frames, meta.top_k)
@@ -153,22 +155,24 @@ def validate_representation(representation: MotionRepresentation, source: str) -
             if tuple(tensor.shape) != expected:
                 axes = ", ".join(map(str, (*lead, "positions", "heads", window_frames, meta.top_k)))
                 raise MotionFileError(
-                    f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has {kind} of shape {tuple(tensor.shape)}, "
-                    f"expected ({axes}) = {expected} for its metadata ({meta.frames} frames, "
-                    f"{meta.describe_windows()}, latent {meta.latent_width}x{meta.latent_height}, top-{meta.top_k}). {FIX}")
+                    f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has {kind} of shape "
+                    f"{tuple(tensor.shape)}, expected ({axes}) = {expected} for its metadata ({meta.frames} frames, "
+                    f"{meta.describe_windows()}, latent {meta.latent_width}x{meta.latent_height}, "
+                    f"top-{meta.top_k}). {FIX}")
         if values.dtype != torch.float16:
-            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} values are {values.dtype}, expected "
-                                  f"float16. {FIX}")
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} values are "
+                                  f"{values.dtype}, expected float16. {FIX}")
         if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
-            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} key-frame indices are {indices.dtype}, "
-                                  f"expected an integer type (uint8 for up to 256 frames). {FIX}")
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} key-frame indices are "
+                                  f"{indices.dtype}, expected an integer type (uint8 for up to 256 frames). {FIX}")
         if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= window_frames):
             raise MotionFileError(
-                f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has key-frame indices out of range: found "
-                f"{int(indices.min())}..{int(indices.max())}, expected 0..{window_frames - 1} for {window_frames} frames. {FIX}")
+                f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has key-frame indices out of range: "
+                f"found {int(indices.min())}..{int(indices.max())}, expected 0..{window_frames - 1} for "
+                f"{window_frames} frames. {FIX}")
         if not bool(torch.isfinite(values).all()) or (values.numel() and (values.min() < 0 or values.max() > 1)):
-            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has attention values that are not "
-                                  f"finite probabilities in 0..1. {FIX}")
+            raise MotionFileError(f"{source} is damaged: layer {excerpt(layer, MAX_TEXT_CHARS)} has attention values "
+                                  f"that are not finite probabilities in 0..1. {FIX}")
     return representation
 
 
@@ -184,4 +188,6 @@ def require_finite_number(value: float, input_name: str) -> None:
     """Raise `MotionCloneError` naming the input when a number widget holds NaN or infinity: they pass
     ComfyUI's min/max checks (every comparison with NaN is false) and break arithmetic far from the input."""
     if not math.isfinite(value):
-        raise MotionCloneError(f"'{input_name}' is {value}; it must be a finite number. Type a number into '{input_name}'.")
+        raise MotionCloneError(
+            f"'{input_name}' is {value}; it must be a finite number. Type a number into '{input_name}'."
+        )

@@ -135,7 +135,9 @@ def resize_frames(frames: torch.Tensor, width: int, height: int, mode: str) -> t
     if mode not in RESIZE_MODES:
         raise MotionCloneError(f"resize mode must be one of {RESIZE_MODES}, got '{mode}'.")
     if width % 8 or height % 8 or width <= 0 or height <= 0:
-        raise MotionCloneError(f"width and height must be positive multiples of 8 (the VAE's factor), got {width}x{height}.")
+        raise MotionCloneError(
+            f"width and height must be positive multiples of 8 (the VAE's factor), got {width}x{height}."
+        )
     if mode == "crop":
         frames = _center_crop_to_aspect(frames, width / height)
     if frames.shape[1:3] == (height, width):

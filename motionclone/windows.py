@@ -45,7 +45,9 @@ class ContextWindows:
 
     def __post_init__(self):
         if isinstance(self.length, bool) or not isinstance(self.length, int) or self.length < 2:
-            raise MotionCloneError(f"The context window length must be an integer of at least 2 frames, got {self.length!r}.")
+            raise MotionCloneError(
+                f"The context window length must be an integer of at least 2 frames, got {self.length!r}."
+            )
         if isinstance(self.overlap, bool) or not isinstance(self.overlap, int) or not 0 <= self.overlap < self.length:
             raise MotionCloneError(
                 f"The context overlap must be an integer in 0..{self.length - 1} (less than the window length "
