@@ -12,8 +12,8 @@ from comfy_api.latest import ComfyExtension, io
 
 from . import animatediff, context_windows, fidelity, frames, inversion, motion, sampling, subjects, toy
 
-NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *context_windows.NODES, *frames.NODES, *inversion.NODES, *motion.NODES, *subjects.NODES,
-                                   *sampling.NODES, *fidelity.NODES, *toy.NODES]
+NODES: list[type[io.ComfyNode]] = [*animatediff.NODES, *context_windows.NODES, *frames.NODES, *inversion.NODES,
+                                   *motion.NODES, *subjects.NODES, *sampling.NODES, *fidelity.NODES, *toy.NODES]
 
 
 def register_model_folders() -> None:

@@ -31,7 +31,10 @@ class LoadAnimateDiff(io.ComfyNode):
                     "running pickled code.",
                 ),
             ],
-            outputs=[MotionModelSocket.Output(display_name="MOTION_MODEL", tooltip="The motion module, for 'Apply AnimateDiff'.")],
+            outputs=[
+                MotionModelSocket.Output(display_name="MOTION_MODEL",
+                                         tooltip="The motion module, for 'Apply AnimateDiff'."),
+            ],
         )
 
     @classmethod

@@ -29,7 +29,8 @@ class ContextWindowsNode(io.ComfyNode):
                 io.Int.Input("length", default=TRAINED_LENGTH, min=2, max=128,
                              tooltip="Frames per window. 16 is what AnimateDiff's motion modules were trained on "
                              "(best motion); at most the module's limit: v1 24 frames (positional encoding), v2/v3 "
-                             "32. Clips of at most this many frames are processed whole, exactly as without this node."),
+                             "32. Clips of at most this many frames are processed whole, exactly as without this "
+                             "node."),
                 io.Int.Input("overlap", default=4, min=0, max=127,
                              tooltip="Frames shared by neighbouring windows, blended for smooth seams (less than "
                              "'length'; 4 for 16-frame windows). More overlap: smoother seams, more windows, slower."),

@@ -23,7 +23,8 @@ class MotionFidelity(io.ComfyNode):
                 io.Image.Input("reference", tooltip="The reference clip whose motion is the target (the batch is the "
                                "frame axis), e.g. the clip given to 'MotionClone: Extract Motion'."),
                 io.Image.Input("generated", tooltip="The generated clip to score, e.g. from VAE Decode. Needs the "
-                               "reference's frame count; its size may differ (it is resized to the reference's aspect)."),
+                               "reference's frame count; its size may differ (it is resized to the reference's "
+                               "aspect)."),
                 io.Combo.Input("mode", options=list(MODES), default=MODES[0],
                                tooltip="'object tracks': each generated track is matched to its most similar "
                                "reference track by the mean cosine of their frame-to-frame motion, and the matches "
@@ -34,9 +35,10 @@ class MotionFidelity(io.ComfyNode):
                              "clip). More points see smaller subjects but take longer; flat areas are never tracked."),
                 io.Int.Input("segment_frames", default=0, min=0, max=4096, optional=True,
                              tooltip="0: score the whole clip at once (tracks must survive every frame). For long "
-                             "clips (more than about 16 frames, e.g. made with 'MotionClone: Context Windows') give the "
-                             "segment length, e.g. 16: the clips are scored in segments of that many frames overlapping "
-                             "by half, each with a fresh grid, and the segment scores averaged (all are in the text)."),
+                             "clips (more than about 16 frames, e.g. made with 'MotionClone: Context Windows') give "
+                             "the segment length, e.g. 16: the clips are scored in segments of that many frames "
+                             "overlapping by half, each with a fresh grid, and the segment scores averaged (all are in "
+                             "the text)."),
             ],
             outputs=[
                 io.Float.Output(display_name="score", tooltip="'object tracks': the motion-fidelity score in [-1, 1]. "

@@ -53,8 +53,8 @@ class DDIMInversion(io.ComfyNode):
         require_finite(samples, "'latent'", "Encode the reference clip again with VAE Encode.")
         check_conditioning(conditioning, "conditioning")
         check_frame_limit(motion_model, frames_per_forward(model.model_options, samples.shape[0]), "latent",
-                          "Encode at most that many frames, e.g. with 'MotionClone: Select Frames' (its 'frames' input) "
-                          "before VAE Encode, or wire 'MotionClone: Context Windows' before this node.")
+                          "Encode at most that many frames, e.g. with 'MotionClone: Select Frames' (its 'frames' "
+                          "input) before VAE Encode, or wire 'MotionClone: Context Windows' before this node.")
         inversion, noised, reconstruction = invert_clip(model, samples, conditioning, steps, motion_model.family)
         return io.NodeOutput(inversion, {"samples": noised}, reconstruction, ui=ui.PreviewText(inversion.describe()))
 

@@ -72,7 +72,8 @@ class ExtractMotion(io.ComfyNode):
                 io.Int.Input("guided_steps", default=-1, min=-1, max=1000, optional=True,
                              tooltip="With 'inversion' only: the sampler's guided_steps (must equal the sampler's)."),
                 io.Float.Input("guided_fraction", default=0.3, min=0.01, max=0.99, step=0.01, optional=True,
-                               tooltip="With 'inversion' only: the sampler's guided_fraction (must equal the sampler's)."),
+                               tooltip="With 'inversion' only: the sampler's guided_fraction (must equal the "
+                               "sampler's)."),
             ],
             outputs=[MotionSocket.Output(display_name="MOTION", tooltip="The motion representation, for "
                                          "'MotionClone Sampler', 'MotionClone: Guidance' or 'Save Motion'.")],
@@ -80,11 +81,14 @@ class ExtractMotion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, width, height, resize, timestep, seed, blocks, top_k, images=None, vae=None, latent=None,
-                conditioning=None, clip=None, inversion=None, steps=100, guided_steps=-1, guided_fraction=0.3) -> io.NodeOutput:
+                conditioning=None, clip=None, inversion=None, steps=100, guided_steps=-1,
+                guided_fraction=0.3) -> io.NodeOutput:
         motion_model = require_attention_model(model, "MotionClone: Extract Motion")
         if inversion is not None:
             if images is not None or latent is not None:
-                raise MotionCloneError("Connect either 'inversion' or a reference clip ('images' or 'latent'), not both.")
+                raise MotionCloneError(
+                    "Connect either 'inversion' or a reference clip ('images' or 'latent'), not both."
+                )
             samples = inversion.latents[-1]
         else:
             samples = reference_latent(images, vae, latent, width, height, resize)
@@ -96,7 +100,8 @@ class ExtractMotion(io.ComfyNode):
         check_conditioning(conditioning, "conditioning")
         source = "inversion" if inversion is not None else ("latent" if latent is not None else "images")
         representation, note = extract_motion(model, motion_model, samples, conditioning, source, timestep, seed,
-                                              BLOCK_CHOICES[blocks], top_k, inversion, steps, guided_steps, guided_fraction)
+                                              BLOCK_CHOICES[blocks], top_k, inversion, steps, guided_steps,
+                                              guided_fraction)
         summary = f"{representation.metadata.describe()}; {representation.nbytes() / 1024:.0f} KiB{note}"
         logger.info("Extracted motion: %s", summary)
         return io.NodeOutput(representation, ui=ui.PreviewText(summary))
@@ -132,7 +137,9 @@ class SaveMotion(io.ComfyNode):
         save_motion(motion, os.path.join(full_folder, name))
         relative = os.path.join(subfolder, name) if subfolder else name
         logger.info("Saved motion to %s", os.path.join(full_folder, name))
-        return io.NodeOutput(ui=ui.PreviewText(f"Saved models/{MOTION_FOLDER}/{relative}: {motion.metadata.describe()}"))
+        return io.NodeOutput(
+            ui=ui.PreviewText(f"Saved models/{MOTION_FOLDER}/{relative}: {motion.metadata.describe()}")
+        )
 
 
 MAX_PREFIX_PART = 100  # characters per folder or file name of the prefix: the counter and suffix must fit in 255

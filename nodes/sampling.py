@@ -31,7 +31,8 @@ def _ramp_inputs() -> list:
         io.Int.Input("warm_up_steps", default=10, min=0, max=1000,
                      tooltip="The guidance weight rises linearly over the first this many guided steps (official 10)."),
         io.Int.Input("cool_down_steps", default=10, min=0, max=1000,
-                     tooltip="The guidance weight falls linearly to 0 over the last this many guided steps (official 10)."),
+                     tooltip="The guidance weight falls linearly to 0 over the last this many guided steps "
+                     "(official 10)."),
     ]
 
 
@@ -110,7 +111,9 @@ class MotionCloneSampler(io.ComfyNode):
                 memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
         out, log, settings, warning = sample_guided(
             model, seed, steps, guided_steps, guided_fraction, cfg, positive, negative, latent_image, motion,
-            GuidanceRequest(motion_weight, warm_up_steps, cool_down_steps, semantic_guidance, memory_mode, gradient_every),
+            GuidanceRequest(
+                motion_weight, warm_up_steps, cool_down_steps, semantic_guidance, memory_mode, gradient_every
+            ),
             SAMPLER_NODE)
         result = latent_image.copy()
         result["samples"] = out
@@ -142,7 +145,10 @@ class MotionCloneScheduler(io.ComfyNode):
             category="MotionClone",
             description="MotionClone's official timestep schedule as SIGMAS, for SamplerCustom(Advanced) together "
             "with 'MotionClone: Guidance': guided steps packed densely into the high-noise band, the rest below.",
-            inputs=[io.Model.Input("model", tooltip="The MODEL whose noise schedule gives the sigmas."), *_schedule_inputs()],
+            inputs=[
+                io.Model.Input("model", tooltip="The MODEL whose noise schedule gives the sigmas."),
+                *_schedule_inputs(),
+            ],
             outputs=[io.Sigmas.Output()],
         )
 
@@ -179,7 +185,8 @@ class MotionCloneGuidance(io.ComfyNode):
     def execute(cls, model, motion, motion_weight, guided_fraction, warm_up_steps, cool_down_steps,
                 semantic_guidance=None, memory_mode=AUTO, gradient_every=1) -> io.NodeOutput:
         patched, warning = guided_model(model, motion, guided_fraction, GuidanceRequest(
-            motion_weight, warm_up_steps, cool_down_steps, semantic_guidance, memory_mode, gradient_every), GUIDANCE_NODE)
+            motion_weight, warm_up_steps, cool_down_steps, semantic_guidance, memory_mode, gradient_every),
+            GUIDANCE_NODE)
         text = [warning] if warning else []
         if is_guided(model):  # the MODEL as it came in
             text.append("This MODEL already carried 'MotionClone: Guidance'; this node's guidance replaces it "

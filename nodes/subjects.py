@@ -49,7 +49,8 @@ class CrossAttentionMask(io.ComfyNode):
                              "latent noised to it). Lower reads a cleaner clip."),
                 io.Int.Input("seed", default=2025, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                              tooltip="Seed of the noise added to 'latent' (not used with 'inversion')."),
-                InversionSocket.Input("inversion", optional=True, tooltip="Source: the reference clip's DDIM inversion."),
+                InversionSocket.Input("inversion", optional=True,
+                                      tooltip="Source: the reference clip's DDIM inversion."),
                 io.Latent.Input("latent", optional=True, tooltip="Source: the reference clip encoded by VAE Encode."),
             ],
             outputs=[
@@ -65,7 +66,9 @@ class CrossAttentionMask(io.ComfyNode):
                 seed, inversion=None, latent=None) -> io.NodeOutput:
         require_attention_model(model, "MotionClone: Cross-Attention Mask")
         if blur_kernel_size % 2 == 0:
-            raise MotionCloneError(f"'blur_kernel_size' must be odd, got {blur_kernel_size}; use {blur_kernel_size + 1}.")
+            raise MotionCloneError(
+                f"'blur_kernel_size' must be odd, got {blur_kernel_size}; use {blur_kernel_size + 1}."
+            )
         words, positions = subject_token_positions(clip, prompt, subject)
         mask = SubjectMask(words, prompt, positions, threshold, blur_kernel_size, blur_sigma, centroid_sigma)
         if inversion is None and latent is None:
@@ -99,21 +102,24 @@ class SemanticGuidance(io.ComfyNode):
                 io.Float.Input("weight_up_blocks_1", default=500.0, min=0.0, max=100000.0, step=10.0,
                                tooltip="Semantic guidance weight on up_blocks.1 (official 500)."),
                 io.Float.Input("weight_up_blocks_2", default=0.0, min=0.0, max=100000.0, step=10.0,
-                               tooltip="Semantic guidance weight on up_blocks.2 (official 0; 200 in the 'walk' config)."),
+                               tooltip="Semantic guidance weight on up_blocks.2 (official 0; 200 in the 'walk' "
+                               "config)."),
                 SubjectMaskSocket.Input("reference_mask", optional=True, tooltip="The reference clip's subject: a "
                                         "'Cross-Attention Mask' with a source."),
                 SubjectMaskSocket.Input("subject_mask", optional=True, tooltip="The new prompt's subject word: a "
                                         "'Cross-Attention Mask' without a source."),
             ],
             outputs=[SemanticGuidanceSocket.Output(display_name="SEMANTIC_GUIDANCE", tooltip="For the "
-                                                   "'semantic_guidance' input of 'MotionClone Sampler' or 'MotionClone: Guidance'.")],
+                                                   "'semantic_guidance' input of 'MotionClone Sampler' or "
+                                                   "'MotionClone: Guidance'.")],
         )
 
     @classmethod
     def execute(cls, weight_up_blocks_1, weight_up_blocks_2, reference_mask=None, subject_mask=None) -> io.NodeOutput:
         settings = SemanticSettings(reference_mask, subject_mask,
                                     (("up_blocks.1", weight_up_blocks_1), ("up_blocks.2", weight_up_blocks_2)))
-        mode = "global (no subject)" if settings.global_mode else f"{reference_mask.describe()} -> {subject_mask.describe()}"
+        mode = ("global (no subject)" if settings.global_mode
+                else f"{reference_mask.describe()} -> {subject_mask.describe()}")
         return io.NodeOutput(settings, ui=ui.PreviewText(f"Semantic guidance: {mode}"))
 
 

@@ -24,9 +24,9 @@ class LoadToyModel(io.ComfyNode):
             "widths, an AnimateDiff v3-layout motion module, a tiny text encoder and VAE, trained on a toy world of "
             "one coloured shape (red, green, blue, yellow, cyan, magenta, orange or white circle, square or "
             "triangle) moving, zooming or still on a dark background, 8 frames at 128x128, in 18 minutes on one CPU "
-            "core. It draws soft-edged coloured blobs on the dark background and follows the prompt's colour and shape "
-            "only weakly (trained too briefly for that); motion guidance moves its blobs with the reference. For trying "
-            "the pack on a CPU before downloading SD1.5.",
+            "core. It draws soft-edged coloured blobs on the dark background and follows the prompt's colour and "
+            "shape only weakly (trained too briefly for that); motion guidance moves its blobs with the reference. "
+            "For trying the pack on a CPU before downloading SD1.5.",
             inputs=[],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The toy SD1.5-architecture MODEL, for 'MotionClone: "
@@ -35,8 +35,8 @@ class LoadToyModel(io.ComfyNode):
                                "the toy world's words only (colours, circle, square, triangle, a, an, and)."),
                 io.Vae.Output(display_name="VAE", tooltip="The toy VAE (TAESD layout; a stock 'Load VAE' reads the "
                               "same file): latents are 1/8 of the frame size."),
-                MotionModelSocket.Output(display_name="MOTION_MODEL", tooltip="The toy motion module, for 'MotionClone: "
-                                         "Apply AnimateDiff'."),
+                MotionModelSocket.Output(display_name="MOTION_MODEL", tooltip="The toy motion module, for "
+                                         "'MotionClone: Apply AnimateDiff'."),
             ],
         )
 

@@ -14,7 +14,13 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import torch
 
-from ...motionclone import AnimateDiffMotionModel, FrameCountError, MotionCloneError, MotionMismatchError, MotionRepresentation
+from ...motionclone import (
+    AnimateDiffMotionModel,
+    FrameCountError,
+    MotionCloneError,
+    MotionMismatchError,
+    MotionRepresentation,
+)
 from ...motionclone.errors import IncompatibleModelError
 from ...motionclone.validation import excerpt, require_finite, validate_representation
 from .run import (
@@ -133,8 +139,8 @@ def check_latent_frames(motion_model: AnimateDiffMotionModel, frames: int, model
     if frames_per_forward(model_options, frames) > motion_model.max_frames and CORE_CONTEXT_KEY not in model_options:
         raise FrameCountError(
             f"The latent batch has {frames} frames but the motion module supports at most "
-            f"{motion_model.max_frames}. Set the latent batch size (frame count) to {motion_model.max_frames} or fewer, "
-            "or sample through 'MotionClone: Context Windows' (windows of at most that many frames)."
+            f"{motion_model.max_frames}. Set the latent batch size (frame count) to {motion_model.max_frames} or "
+            "fewer, or sample through 'MotionClone: Context Windows' (windows of at most that many frames)."
         )
 
 
@@ -143,8 +149,9 @@ def check_window_length(motion_model: AnimateDiffMotionModel, length: int, train
     if length > motion_model.max_frames:
         raise FrameCountError(
             f"'length' is {length} frames, but the motion module ({motion_model.family}) supports at most "
-            f"{motion_model.max_frames} frames per forward. Set 'length' to {min(trained_length, motion_model.max_frames)} "
-            f"(what the module was trained on) or at most {motion_model.max_frames}."
+            f"{motion_model.max_frames} frames per forward. Set 'length' to "
+            f"{min(trained_length, motion_model.max_frames)} (what the module was trained on) or at most "
+            f"{motion_model.max_frames}."
         )
 
 
@@ -237,13 +244,18 @@ def validate_guidance(guidance: Guidance, run: SamplingRun, guider, x: torch.Ten
     for kind in ("positive", "negative"):
         for cond in guider.original_conds.get(kind, []):
             if cond.get("cross_attn") is not None:
-                require_finite(cond["cross_attn"], f"The {kind} conditioning", "Re-encode the prompt with CLIP Text Encode.")
+                require_finite(
+                    cond["cross_attn"], f"The {kind} conditioning", "Re-encode the prompt with CLIP Text Encode."
+                )
     subject = guidance.semantic.subject if guidance.semantic is not None else None
     if subject is not None:
-        positive = [c["cross_attn"] for c in guider.original_conds.get("positive", []) if c.get("cross_attn") is not None]
+        positive = [
+            c["cross_attn"] for c in guider.original_conds.get("positive", []) if c.get("cross_attn") is not None
+        ]
         if positive and not subject.encodes_same_prompt(positive[0]):
             raise MotionCloneError(
-                f"'subject_mask' was made for the prompt {excerpt(subject.prompt)} (subject '{' '.join(subject.words)}' "
+                f"'subject_mask' was made for the prompt {excerpt(subject.prompt)} "
+                f"(subject '{' '.join(subject.words)}' "
                 "at its token positions), but the positive conditioning being sampled encodes another prompt, so the "
                 "mask would follow other words. Type the sampler's positive prompt into that 'Cross-Attention Mask' "
                 "node's 'prompt' (the same text, with the same CLIP)."

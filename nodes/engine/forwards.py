@@ -90,7 +90,9 @@ def capture_attention(
     return capture.probs
 
 
-def new_capture(run: SamplingRun, blocks: tuple[str, ...], stop_early: bool, key_blocks: tuple[str, ...] = ()) -> AttentionCapture:
+def new_capture(
+    run: SamplingRun, blocks: tuple[str, ...], stop_early: bool, key_blocks: tuple[str, ...] = ()
+) -> AttentionCapture:
     """A capture of `blocks`' probabilities and `key_blocks`' keys, stopping after the last of them if asked."""
     read_blocks = tuple(dict.fromkeys((*blocks, *key_blocks)))
     validate_block_names(read_blocks, run.motion_model.has_mid_block)

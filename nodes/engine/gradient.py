@@ -23,8 +23,8 @@ from ...motionclone import AttentionCapture, MotionCloneError
 from ...motionclone.errors import IncompatibleModelError
 from ...motionclone.layout import comfy_block_of, validate_block_names
 from ...motionclone.memory import FAST
-from .memory import recomputed_motion_modules, saved_for_backward_offload
 from .forwards import forward_until_stopped, with_capture
+from .memory import recomputed_motion_modules, saved_for_backward_offload
 from .run import SamplingRun, WeightAlias, storage_address
 
 

@@ -147,8 +147,8 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
     targets = state.motion_targets(timesteps[position], x.device)
     appearance = None
     if guidance.semantic is not None:
-        state.appearance = advance_appearance(state.appearance, guider, x, sigma, sigma_next, options, guidance.semantic,
-                                              run.motion_model)
+        state.appearance = advance_appearance(state.appearance, guider, x, sigma, sigma_next, options,
+                                              guidance.semantic, run.motion_model)
         appearance = state.appearance.targets
     loss = _StepLoss(state, run.motion_model, targets, appearance, plan, x.shape[0])
     if not plan.guided:
@@ -173,7 +173,8 @@ def guided_step(guidance: Guidance, run: SamplingRun, guider, x: torch.Tensor, s
 
 
 def _windowed_guided_step(state: GuidanceRun, run: SamplingRun, guider, x: torch.Tensor, sigma_in: torch.Tensor,
-                          timestep: int, plan: GuidedStepPlan, options: dict, windows, with_prediction: bool) -> GuidedStep:
+                          timestep: int, plan: GuidedStepPlan, options: dict, windows,
+                          with_prediction: bool) -> GuidedStep:
     """`guided_step` over context windows: each window's gradient pass on its frames, conditioning and motion
     entry, one window at a time; gradients and predictions fused with the layout's weights."""
     settings, frame_windows = windows
@@ -181,11 +182,13 @@ def _windowed_guided_step(state: GuidanceRun, run: SamplingRun, guider, x: torch
     length = len(frame_windows[0])
 
     def loss_for(k: int) -> _StepLoss:
-        return _StepLoss(state, run.motion_model, state.motion_targets(timestep, x.device, window=k), None, plan, length)
+        return _StepLoss(
+            state, run.motion_model, state.motion_targets(timestep, x.device, window=k), None, plan, length
+        )
 
     if not plan.guided:
-        losses = windowed_measure(run, guider, x, sigma_in, options, frame_windows, guidance.blocks, guidance.key_blocks,
-                                  loss_for)
+        losses = windowed_measure(run, guider, x, sigma_in, options, frame_windows, guidance.blocks,
+                                  guidance.key_blocks, loss_for)
         return GuidedStep(plan, mean_losses(losses))
 
     def gradient(conds, x_window, sigma_window, loss):

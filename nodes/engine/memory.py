@@ -150,7 +150,9 @@ def _recompute_patches(unet, mode: str) -> dict[str, _RecomputedForward]:
                 continue
             key = (MIDDLE_LAYER_FORWARD_KEY.format(layer=position) if kind == "middle"
                    else BLOCK_LAYER_FORWARD_KEY.format(kind=kind, block=index, layer=position))
-            patches[key] = (_RecomputedTransformer if isinstance(layer, SpatialTransformer) else _RecomputedForward)(layer)
+            patches[key] = (
+                _RecomputedTransformer if isinstance(layer, SpatialTransformer) else _RecomputedForward
+            )(layer)
     return patches
 
 

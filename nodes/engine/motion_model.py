@@ -37,7 +37,7 @@ from ...motionclone import (
 from ...motionclone.errors import IncompatibleModelError
 from ...motionclone.layout import SD15_INPUT_BLOCKS, SD15_OUTPUT_BLOCKS, comfy_block_of
 from .checks import check_latent_frames
-from .memory import recompute_in_backward, autograd_records
+from .memory import autograd_records, recompute_in_backward
 from .run import (
     ADE_KEY,
     CAPTURE_KEY,
@@ -110,7 +110,9 @@ def motion_model_for(
     if _dtypes_of_motion_model(motion.model) == (weight_dtype, compute_dtype):
         return motion.clone()
     manual_cast = compute_dtype if compute_dtype != weight_dtype else None
-    converted = convert_motion_model(motion.model, motion_operations(weight_dtype, manual_cast), weight_dtype, manual_cast)
+    converted = convert_motion_model(
+        motion.model, motion_operations(weight_dtype, manual_cast), weight_dtype, manual_cast
+    )
     return wrap_motion_model(converted.to(comfy.model_management.unet_offload_device()))
 
 

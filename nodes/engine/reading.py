@@ -31,8 +31,8 @@ from ...motionclone import (
 from ...motionclone.layout import MASK_CROSS_BLOCKS
 from ...motionclone.subject import find_token_positions
 from ...motionclone.validation import require_finite
-from .forwards import capture_attention, capture_forward
 from .checks import check_frame_limit
+from .forwards import capture_attention, capture_forward
 from .run import active_windows, current_run, frames_per_forward
 from .windows import read_windows
 
@@ -65,10 +65,14 @@ def read_model(model, latent: torch.Tensor, conditioning, noise: torch.Tensor, s
             sigma) is what an entry with latent None reads.
     """
     results: list = []
-    sampler = comfy.samplers.KSAMPLER(_reading_sampler, extra_options={"states": states, "read": read, "results": results})
+    sampler = comfy.samplers.KSAMPLER(
+        _reading_sampler, extra_options={"states": states, "read": read, "results": results}
+    )
     sigma = states[0][1]
     sigmas = torch.stack([sigma, torch.zeros_like(sigma)])
-    comfy.sample.sample_custom(model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent, disable_pbar=True)
+    comfy.sample.sample_custom(
+        model, noise, 1.0, sampler, sigmas, conditioning, conditioning, latent, disable_pbar=True
+    )
     return results
 
 
@@ -83,7 +87,10 @@ def reference_attention(model, latent: torch.Tensor, conditioning, sigma: torch.
         `(probs, model_family)`: layer -> `(h_l * w_l, heads, F, F)` float32.
     """
     def read(run, guider, x, sigma_in, options):
-        return capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma_in, options, blocks), run.motion_model.family
+        return (
+            capture_attention(run, guider.inner_model, guider.conds["positive"], x, sigma_in, options, blocks),
+            run.motion_model.family,
+        )
 
     return read_model(model, latent, conditioning, noise, [(None, sigma)], read)[0]
 
@@ -105,7 +112,9 @@ def extract_motion(model, motion_model: AnimateDiffMotionModel, samples: torch.T
                       "'MotionClone: Select Frames' (its 'frames' input) in front of this node, or wire 'MotionClone: "
                       "Context Windows' before this node and the sampler.")
     if top_k > per_forward:
-        raise MotionCloneError(f"top_k ({top_k}) exceeds the frames of one forward ({per_forward}); use at most {per_forward}.")
+        raise MotionCloneError(
+            f"top_k ({top_k}) exceeds the frames of one forward ({per_forward}); use at most {per_forward}."
+        )
     samples = comfy.sample.fix_empty_latent_channels(model, samples)
     metadata = MotionMetadata(
         frames=frames, latent_height=samples.shape[-2], latent_width=samples.shape[-1],
@@ -179,9 +188,13 @@ def reference_latent(images, vae, latent, width: int, height: int, resize: str) 
         raise MotionCloneError("Connect the reference clip: 'images' with a 'vae', or an encoded 'latent'.")
     if vae is None:
         raise MotionCloneError("'images' needs a 'vae' to encode them; connect your checkpoint's VAE.")
-    require_finite(images, "'images'", "Check the nodes that make the reference frames (a video loader gives 0..1 values).")
+    require_finite(
+        images, "'images'", "Check the nodes that make the reference frames (a video loader gives 0..1 values)."
+    )
     encoded = vae.encode(resize_frames(images[..., :3], width, height, resize))
-    require_finite(encoded, "The VAE encoding of 'images'", "Use your checkpoint's VAE, or run the VAE in fp32 (--fp32-vae).")
+    require_finite(
+        encoded, "The VAE encoding of 'images'", "Use your checkpoint's VAE, or run the VAE in fp32 (--fp32-vae)."
+    )
     return encoded
 
 

@@ -75,7 +75,9 @@ def _motionclone_sampler(model, x, sigmas, extra_args=None, callback=None, disab
             log.reused.append(step.reused)
         if step is None or step.grad is None:
             return model(x, sigma_in, **extra_args), None, step.losses if step is not None else None
-        uncond_out = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], x, sigma_in, options)[0]
+        uncond_out = comfy.samplers.calc_cond_batch(
+            guider.inner_model, [guider.conds["negative"]], x, sigma_in, options
+        )[0]
         return apply_cfg(guider, step.prediction, uncond_out, x, sigma_in, options), step.grad, step.losses
 
     def on_step(i, x, sigma, denoised):
@@ -176,7 +178,9 @@ def invert_clip(model: comfy.model_patcher.ModelPatcher, samples: torch.Tensor, 
     table = model.get_model_object("model_sampling").sigmas.detach().float().cpu()
     sigmas = table[list(timesteps)]
     trajectory: list[torch.Tensor] = []
-    sampler = comfy.samplers.KSAMPLER(_inversion_sampler, extra_options={"timesteps": timesteps, "trajectory": trajectory})
+    sampler = comfy.samplers.KSAMPLER(
+        _inversion_sampler, extra_options={"timesteps": timesteps, "trajectory": trajectory}
+    )
     noised = comfy.sample.sample_custom(model, torch.zeros_like(samples), 1.0, sampler, sigmas, conditioning,
                                         conditioning, samples, disable_pbar=True)
     inversion = InvertedClip(torch.stack(trajectory), tuple(timesteps), sigmas, model_family)
@@ -213,7 +217,9 @@ def sample_guided(model, seed: int, steps: int, guided_steps: int, guided_fracti
     check_conditioning(negative, "negative")
     refuse_noise_mask(latent_image.get("noise_mask"))
     samples = comfy.sample.fix_empty_latent_channels(model, latent_image["samples"])
-    require_finite(samples, "'latent_image'", "Connect an Empty Latent Image, or check the nodes before 'latent_image'.")
+    require_finite(
+        samples, "'latent_image'", "Connect an Empty Latent Image, or check the nodes before 'latent_image'."
+    )
     check_fits(motion, samples.shape[0], samples.shape[-2], samples.shape[-1])
     refuse_windowed_extras(model.model_options, samples.shape[0], request.semantic, request.gradient_every)
     warning = family_warning(motion_model, motion)
@@ -226,8 +232,9 @@ def sample_guided(model, seed: int, steps: int, guided_steps: int, guided_fracti
     sampler = motionclone_ksampler(Guidance(motion, settings, node, request.semantic, mode), log)
     noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
     callback = latent_preview.prepare_callback(model, steps)
-    out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative, samples,
-                                     callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative,
+                                     samples, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+                                     seed=seed)
     return out, log, settings, warning
 
 

@@ -38,15 +38,17 @@ def advance_appearance(branch: AppearanceBranch | None, guider, x: torch.Tensor,
         branch = AppearanceBranch(x.detach().clone(), float(sigma))
     if abs(branch.sigma - float(sigma)) > 1e-6 * max(1.0, float(sigma)):
         raise MotionCloneError(
-            f"Semantic guidance lost its appearance branch (at sigma {branch.sigma:.4f}, the step is at {float(sigma):.4f}). "
-            "Use a schedule whose guided steps are consecutive, as MotionClone's."
+            f"Semantic guidance lost its appearance branch (at sigma {branch.sigma:.4f}, the step is at "
+            f"{float(sigma):.4f}). Use a schedule whose guided steps are consecutive, as MotionClone's."
         )
     layers = motion_model.attention_layer_names(settings.measured_blocks)
     capture = AttentionCapture((), key_blocks=settings.measured_blocks,
                                cross_blocks=() if settings.global_mode else MASK_CROSS_BLOCKS)
     sigma_in = sigma * x.new_ones([x.shape[0]])
     cond = capture_forward(guider.inner_model, guider.conds["positive"], branch.x, sigma_in, options, capture)
-    uncond = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], branch.x, sigma_in, options)[0]
+    uncond = comfy.samplers.calc_cond_batch(
+        guider.inner_model, [guider.conds["negative"]], branch.x, sigma_in, options
+    )[0]
     denoised = apply_cfg(guider, cond, uncond, branch.x, sigma_in, options)
     keys = {layer: _frame_major(capture.keys[layer], x.shape[0]) for layer in layers}
     masks = None if settings.global_mode else _layer_masks(settings, capture, keys)
@@ -67,7 +69,9 @@ def semantic_losses(capture: AttentionCapture, targets: AppearanceTargets, setti
     # Targets made under ComfyUI's inference mode cannot be saved for backward: ordinary copies (the caller
     # runs this with inference mode off).
     appearance = {layer: targets.keys[layer].clone() for layer in measured}
-    masks = None if targets.masks is None else {layer: tuple(m.clone() for m in maps) for layer, maps in targets.masks.items()}
+    masks = None if targets.masks is None else {
+        layer: tuple(m.clone() for m in maps) for layer, maps in targets.masks.items()
+    }
     layer_count = len(motion_model.attention_layer_names(SEMANTIC_BLOCKS))
     weights = {layer: settings.weight_of(block_of_layer(layer)) for layer in measured}
     weighted = semantic_loss(generated, appearance, weights, layer_count, masks) if settings.active else None
@@ -95,7 +99,8 @@ def _layer_masks(settings: SemanticSettings, capture: AttentionCapture, keys: di
     if reference[0].shape != app_fg.shape:
         raise MotionCloneError(
             f"'reference_mask' is {tuple(reference[0].shape)} (frames, h, w at 1/32 of the image), but the video "
-            f"being generated gives {tuple(app_fg.shape)}. Make the mask from a clip of the generated size and frame count."
+            f"being generated gives {tuple(app_fg.shape)}. Make the mask from a clip of the generated size and frame "
+            "count."
         )
     masks = {}
     for layer, layer_keys in keys.items():

@@ -109,7 +109,9 @@ def load_toy_unet(disable_dynamic: bool = False) -> comfy.model_patcher.ModelPat
     model = build_unet_model()
     patcher_class = comfy.model_patcher.ModelPatcher if disable_dynamic else getattr(
         comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
-    patcher = patcher_class(model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device())
+    patcher = patcher_class(
+        model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
+    )
     state = comfy.utils.load_torch_file(weight_path(UNET_FILE), safe_load=True)
     dynamic = getattr(patcher, "is_dynamic", lambda: False)()
     model.load_model_weights(state, "model.diffusion_model.", **({"assign": True} if dynamic else {}))

@@ -30,15 +30,21 @@ from .forwards import capture_attention, capture_forward, new_capture
 from .run import CAPTURE_KEY, WINDOWS_KEY, SamplingRun, active_windows
 
 
-def apply_context_windows(model: comfy.model_patcher.ModelPatcher, windows: ContextWindows) -> comfy.model_patcher.ModelPatcher:
+def apply_context_windows(
+    model: comfy.model_patcher.ModelPatcher, windows: ContextWindows
+) -> comfy.model_patcher.ModelPatcher:
     """Clone `model` with `windows` in its transformer options and `wrapper` around every `calc_cond_batch`.
 
     Every node downstream (extraction, inversion, the samplers) reads the same layout from the MODEL.
     """
     patched = model.clone()
-    patched.model_options["transformer_options"] = {**patched.model_options.get("transformer_options", {}), WINDOWS_KEY: windows}
+    patched.model_options["transformer_options"] = {
+        **patched.model_options.get("transformer_options", {}), WINDOWS_KEY: windows,
+    }
     patched.remove_wrappers_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WINDOWS_KEY)
-    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WINDOWS_KEY, windowed_calc_cond_batch)
+    patched.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, WINDOWS_KEY, windowed_calc_cond_batch
+    )
     return patched
 
 
@@ -102,7 +108,8 @@ def window_conds(conds: list[dict] | None, window: torch.Tensor, frames: int) ->
 
 def _sliced_cond(value, window: torch.Tensor, frames: int):
     tensor = getattr(value, "cond", None)
-    if isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == frames and hasattr(value, "_copy_with"):
+    if (isinstance(tensor, torch.Tensor) and tensor.dim() > 0 and tensor.shape[0] == frames
+            and hasattr(value, "_copy_with")):
         return value._copy_with(tensor[window.to(tensor.device)])
     return value
 
@@ -136,7 +143,8 @@ def read_windows(run: SamplingRun, guider, x: torch.Tensor, sigma: torch.Tensor,
 
 
 def windowed_gradient(guider, x: torch.Tensor, sigma: torch.Tensor, settings: ContextWindows,
-                      windows: list[torch.Tensor], gradient: Callable, loss_for: Callable, with_prediction: bool) -> tuple[torch.Tensor | None, torch.Tensor, list[dict]]:
+                      windows: list[torch.Tensor], gradient: Callable, loss_for: Callable,
+                      with_prediction: bool) -> tuple[torch.Tensor | None, torch.Tensor, list[dict]]:
     """The guided step's gradient pass, window by window, fused (docs/algorithm.md §11).
 
     Args:
@@ -157,7 +165,9 @@ def windowed_gradient(guider, x: torch.Tensor, sigma: torch.Tensor, settings: Co
         comfy.model_management.throw_exception_if_processing_interrupted()
         index = window.to(x.device)
         loss = loss_for(k)
-        prediction, grad = gradient(window_conds(positive, window, frames), x[index], window_timestep(sigma, window, frames), loss)
+        prediction, grad = gradient(
+            window_conds(positive, window, frames), x[index], window_timestep(sigma, window, frames), loss
+        )
         grads.append(grad)
         if with_prediction:
             predictions.append(prediction)
