@@ -41,6 +41,8 @@ STITCH = [("direction", "right"), ("match_image_size", True), ("spacing_width", 
 def graph_specs():
     """(nodes, wires): nodes as (id, type, pos, size, widgets [(name, value)], inputs [(name, type)],
     outputs [(name, type)]); wires as (from id, from slot, to id, input name)."""
+    # Sizes hold at least what the frontend computes for a node's widgets, and a node's title bar starts below
+    # the node above it: tests/integration/test_workflow_layout_browser.py checks both in the real frontend.
     specs = [
         # id, type, pos, size, widgets, inputs [(name, type)], outputs [(name, type)]
         (2, "MotionCloneLoadToyModel", [40, 120], [320, 120], [], [],
@@ -48,25 +50,25 @@ def graph_specs():
         (3, "MotionCloneApplyAnimateDiff", [400, 120], [320, 80], [("beta_schedule", "sqrt_linear")],
          [("model", "MODEL"), ("motion_model", "MOTIONCLONE_MOTION_MODEL")], [("MODEL", "MODEL")]),
         (4, "MotionCloneToyReferenceClip", [40, 320], [320, 110], [("clip", REFERENCE_CLIP), ("frames", 8), ("size", 128)], [], [("IMAGE", "IMAGE")]),
-        (5, "MotionCloneExtractMotion", [400, 320], [340, 330],
+        (5, "MotionCloneExtractMotion", [400, 320], [340, 400],
          [("width", 128), ("height", 128), ("resize", "stretch"), ("timestep", 400), ("seed", SEED),
           ("blocks", "up_blocks.1"), ("top_k", 1), ("steps", 100), ("guided_steps", -1), ("guided_fraction", 0.3)],
          [("model", "MODEL"), ("images", "IMAGE"), ("vae", "VAE"), ("clip", "CLIP")], [("MOTION", "MOTIONCLONE_MOTION")]),
         (6, "CLIPTextEncode", [780, 120], [320, 90], [("text", NEW_PROMPT)], [("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
         (7, "CLIPTextEncode", [780, 260], [320, 90], [("text", "")], [("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
         (8, "EmptyLatentImage", [780, 400], [320, 110], [("width", 128), ("height", 128), ("batch_size", 8)], [], [("LATENT", "LATENT")]),
-        (9, "MotionCloneSampler", [1140, 120], [340, 330],
+        (9, "MotionCloneSampler", [1140, 120], [340, 400],
          [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("guided_steps", GUIDED_STEPS),
           ("guided_fraction", GUIDED_FRACTION), ("cfg", CFG), ("motion_weight", WEIGHT), ("warm_up_steps", RAMP),
           ("cool_down_steps", RAMP), ("memory_mode", "auto"), ("gradient_every", 1)],
          [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
           ("motion", "MOTIONCLONE_MOTION")], [("LATENT", "LATENT")]),
-        (10, "KSampler", [1140, 500], [340, 262], [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("cfg", CFG), ("sampler_name", "ddim"),
+        (10, "KSampler", [1140, 570], [340, 262], [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("cfg", CFG), ("sampler_name", "ddim"),
                                                    ("scheduler", "ddim_uniform"), ("denoise", 1.0)],
          [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
          [("LATENT", "LATENT")]),
         (11, "VAEDecode", [1520, 120], [210, 50], [], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
-        (12, "VAEDecode", [1520, 500], [210, 50], [], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+        (12, "VAEDecode", [1520, 570], [210, 50], [], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
         (13, "ImageStitch", [1760, 320], [270, 150], STITCH,
          [("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
         (14, "ImageStitch", [2060, 320], [270, 150], STITCH,
