@@ -17,9 +17,9 @@ compares each guided latent of dynamic VRAM on with the one of off: their larges
 latent's largest magnitude, within TOLERANCE (the delegate runs the same weights and kernels; the difference
 is the GPU's run-to-run nondeterminism, far below anything visible).
 
-`--cpu`: a dry run on the CPU at tiny sizes, both servers at once (toy 4 frames of 64x64; SD1.5 replaced by the tests' narrow
-SD1.5-layout checkpoint at 2 frames of 64x64, 4 steps), so that the script cannot rot: a test runs it. A CPU
-has no dynamic VRAM: both servers load classically.
+`--cpu`: a dry run on the CPU at tiny sizes, both servers at once (toy 4 frames of 64x64; SD1.5 replaced by the
+tests' narrow SD1.5-layout checkpoint at 2 frames of 64x64, 4 steps), so that the script cannot rot: a test runs
+it. A CPU has no dynamic VRAM: both servers load classically.
 
 Usage: COMFYUI_PATH=<ComfyUI 0.16 or newer> python bench/gpu_check.py [--cpu] [--keep DIR]
 Needs the ComfyUI's requirements (comfy-aimdo with them) and a CUDA torch; made to finish in 8 minutes on one H100.
@@ -127,7 +127,8 @@ def prompt(case: Case, mode: str | None, clock: str, latent_path: str) -> dict:
             "cfg": 8.5, "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["latent", 0],
             "motion": ["extract", 0], "motion_weight": 2000.0, "warm_up_steps": 1, "cool_down_steps": 1,
             "memory_mode": mode, "gradient_every": 1}}
-    nodes["save"] = {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["sample", 0], "path": latent_path}}
+    nodes["save"] = {"class_type": "MotionCloneTestSaveLatent",
+                     "inputs": {"samples": ["sample", 0], "path": latent_path}}
     return nodes
 
 
@@ -219,7 +220,8 @@ def main() -> int:
     global COMFY_VERSION
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cpu", action="store_true", help="a dry run on the CPU at tiny sizes")
-    parser.add_argument("--keep", default=None, help="folder for the models, servers' logs and latents (default: a temporary one)")
+    parser.add_argument("--keep", default=None,
+                        help="folder for the models, servers' logs and latents (default: a temporary one)")
     args = parser.parse_args()
 
     from comfy_harness import find_comfyui, keep_bytecode_outside

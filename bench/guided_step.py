@@ -130,7 +130,9 @@ def build(args, engine, motionclone):
         # plain forwards get SDPA too, as on a GPU by default.
         transformer_options = patcher.model_options.setdefault("transformer_options", {})
         transformer_options[engine.run.ATTENTION_OVERRIDE_KEY] = pytorch_attention
-    motion_patched = engine.motion_model.apply_motion_model(patcher, engine.motion_model.wrap_motion_model(motion_model), "sqrt_linear")
+    motion_patched = engine.motion_model.apply_motion_model(
+        patcher, engine.motion_model.wrap_motion_model(motion_model), "sqrt_linear"
+    )
     return motion_patched, context, weight_bytes
 
 
@@ -225,23 +227,27 @@ def units(frames: int, size: int) -> int:
 
 
 def report(results: list[dict], args, weight_bytes: int, device: str) -> str:
-    kind = "SD1.5-size UNet + v3-size motion module" if args.full_size else "tiny SD1.5-layout UNet + tiny motion module"
+    kind = ("SD1.5-size UNet + v3-size motion module" if args.full_size
+            else "tiny SD1.5-layout UNet + tiny motion module")
     dtype = str(args.torch_dtype).replace("torch.", "")
     peak_label = "peak allocated (weights incl.)" if args.cuda else "peak malloc'd above the step's start"
     lines = [f"{kind}, {dtype}, {device}; weights {weight_bytes / MIB:.1f} MiB", "",
-             f"| size | mode | guided step s | plain CFG step s | guided / plain | kept for backward MiB | {peak_label} MiB, guided / plain | same latent as fast |",
+             "| size | mode | guided step s | plain CFG step s | guided / plain | kept for backward MiB | "
+             f"{peak_label} MiB, guided / plain | same latent as fast |",
              "|---|---|---|---|---|---|---|---|"]
     fast = {(r["frames"], r["size"]): r["latent"] for r in results if r["mode"] == "fast"}
     for r in results:
         reference = fast.get((r["frames"], r["size"]))
         same = "—" if reference is None or r["mode"] == "fast" else ("yes" if reference.equal(r["latent"]) else "NO")
         lines.append(f"| {r['frames']}x{r['size']}² | {r['mode']} | {r['guided_s']:.3f} | {r['plain_s']:.3f} | "
-                     f"{r['guided_s'] / r['plain_s']:.2f} | {r['kept'] / MIB:.1f} | {r['guided_peak'] / MIB:.0f} / {r['plain_peak'] / MIB:.0f} | {same} |")
+                     f"{r['guided_s'] / r['plain_s']:.2f} | {r['kept'] / MIB:.1f} | "
+                     f"{r['guided_peak'] / MIB:.0f} / {r['plain_peak'] / MIB:.0f} | {same} |")
     target_frames, target_size = args.target
     target = units(target_frames, target_size)
     largest = max(args.sizes, key=lambda fs: units(*fs))
     others = [fs for fs in args.sizes if fs != largest]
-    lines += ["", f"Proportional to frames x latent pixels, from the largest size measured ({largest[0]}x{largest[1]}²), "
+    lines += ["", "Proportional to frames x latent pixels, from the largest size measured "
+              f"({largest[0]}x{largest[1]}²), "
               f"extrapolated to {target_frames}x{target_size}² {dtype} ({target:,} frame-pixels). How well that holds: "
               "each smaller size's kept bytes per frame-pixel over the largest's (1.000 = exactly proportional).", "",
               "| mode | kept per frame-pixel KiB | smaller sizes / largest | kept at target GiB | peak at target GiB |",
@@ -256,12 +262,15 @@ def report(results: list[dict], args, weight_bytes: int, device: str) -> str:
         # through the two largest sizes, or proportional when only one was measured.
         sizes = sorted(mine, key=lambda fs: units(*fs))[-2:]
         above = [(units(*fs), mine[fs]["guided_peak"] - (weight_bytes if args.cuda else 0)) for fs in sizes]
-        slope = (above[-1][1] - above[0][1]) / (above[-1][0] - above[0][0]) if len(above) > 1 else above[0][1] / above[0][0]
+        slope = ((above[-1][1] - above[0][1]) / (above[-1][0] - above[0][0]) if len(above) > 1
+                 else above[0][1] / above[0][0])
         peak_target = above[-1][1] + slope * (target - above[-1][0]) + full_weights
-        lines.append(f"| {mode} | {per_unit / 1024:.2f} | {checks} | {per_unit * target / GIB:.2f} | {peak_target / GIB:.2f} |")
+        lines.append(f"| {mode} | {per_unit / 1024:.2f} | {checks} | {per_unit * target / GIB:.2f} | "
+                     f"{peak_target / GIB:.2f} |")
     if not args.full_size:
         lines += ["", "Tiny model: its widths are 1/10 of SD1.5's, so its per-frame-pixel figures do not carry over to "
-                  "SD1.5; the peak adds SD1.5 + v3 weights only to show the arithmetic. Run --full-size for SD1.5 figures."]
+                  "SD1.5; the peak adds SD1.5 + v3 weights only to show the arithmetic. Run --full-size for SD1.5 "
+                  "figures."]
     return "\n".join(lines)
 
 
@@ -276,7 +285,8 @@ def parse_sizes(text: str) -> list[tuple[int, int]]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full-size", action="store_true", help="SD1.5-size UNet and v3-size motion module")
-    parser.add_argument("--sizes", default=None, help="FRAMESxPIXELS,... (default 4x128,8x256 tiny; 4x128,4x256 full-size)")
+    parser.add_argument("--sizes", default=None,
+                        help="FRAMESxPIXELS,... (default 4x128,8x256 tiny; 4x128,4x256 full-size)")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated memory modes")
     parser.add_argument("--dtype", choices=("fp32", "fp16"), default=None, help="default fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--target", default="16x512", help="FRAMESxPIXELS to extrapolate to")
@@ -316,7 +326,8 @@ def main():
     print(report(results, args, weight_bytes, device))
     first = results[0]
     print(f"\ntime ratio guided / plain: {first['guided_s'] / first['plain_s']:.2f}  (target <= 1.6)")
-    print(f"kept for backward per guided step: {first['kept'] / MIB:.1f} MiB; per plain step: {first['kept_plain'] / MIB:.1f} MiB")
+    print(f"kept for backward per guided step: {first['kept'] / MIB:.1f} MiB; "
+          f"per plain step: {first['kept_plain'] / MIB:.1f} MiB")
 
 
 if __name__ == "__main__":

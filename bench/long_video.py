@@ -37,7 +37,8 @@ def main():
     parser.add_argument("--overlap", type=int, default=4)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--segment", type=int, default=SEGMENT, help="frames per segment of the segment-averaged score")
-    parser.add_argument("--window-free", action="store_true", help="also clone window-free where the module allows (<= 32)")
+    parser.add_argument("--window-free", action="store_true",
+                        help="also clone window-free where the module allows (<= 32)")
     parser.add_argument("--json", help="also write the per-run results here")
     parser.add_argument("--memory", action="store_true", help="only the memory table (tiny model: kept bytes, time)")
     options = parser.parse_args()
@@ -48,9 +49,11 @@ def main():
         if options.memory:
             rows = memory_table(comfy, options.length, options.overlap)
             base = next(r for r in rows if r["frames"] == 16)
-            print("\n| frames | mode | kept for backward (MiB) | vs 16 frames | s per run | s per frame |\n|---|---|---|---|---|---|")
+            print("\n| frames | mode | kept for backward (MiB) | vs 16 frames | s per run | s per frame |\n"
+                  "|---|---|---|---|---|---|")
             for r in rows:
-                print(f"| {r['frames']} | {r['mode']} | {r['kept_bytes'] / 2**20:.2f} | {r['kept_bytes'] / base['kept_bytes']:.2f} | "
+                print(f"| {r['frames']} | {r['mode']} | {r['kept_bytes'] / 2**20:.2f} | "
+                      f"{r['kept_bytes'] / base['kept_bytes']:.2f} | "
                       f"{r['seconds']:.1f} | {r['seconds'] / r['frames']:.2f} |")
             return
         for frames in (int(f) for f in options.frames.split(",")):
@@ -58,7 +61,8 @@ def main():
             results += run(comfy, frames, options.length, options.overlap, seeds, segment=options.segment)
             if options.window_free and frames <= 32:
                 results += run(comfy, frames, None, options.overlap, seeds, segment=options.segment)
-    print(f"\n| frames | windows | method | whole clip | {options.segment}-frame segments | per window (min..max) | per overlap (mean; min..max) | s / clip | s / frame |")
+    print(f"\n| frames | windows | method | whole clip | {options.segment}-frame segments | per window (min..max) | "
+          "per overlap (mean; min..max) | s / clip | s / frame |")
     print("|---|---|---|---|---|---|---|---|---|")
     for frames, length in sorted({(r["frames"], r["length"] or 0) for r in results}):
         for row in ROWS:

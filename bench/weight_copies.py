@@ -92,7 +92,8 @@ class Census:
         _reset_peak()
 
     def table(self) -> str:
-        lines = ["| point | weights MiB | replaced MiB | duplicated MiB | RSS MiB | peak RSS MiB |", "|---|---|---|---|---|---|"]
+        lines = ["| point | weights MiB | replaced MiB | duplicated MiB | RSS MiB | peak RSS MiB |",
+                 "|---|---|---|---|---|---|"]
         for label, *numbers in self.rows:
             lines.append(f"| {label} | " + " | ".join(f"{n / MiB:.1f}" for n in numbers) + " |")
         return "\n".join(lines)
@@ -160,13 +161,15 @@ def run(comfyui, args) -> Census:
         if args.lora:
             model = lora_patches(model)
         motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="weight_copies.safetensors").args[0]
-        patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+        patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(
+            model=model, motion_model=motion, beta_schedule="sqrt_linear"
+        ).args[0]
         motion_model = patching.motion_model_of(patched)
 
         def loss_fn(capture):
             return sum(((p - torch.eye(p.shape[-1])) ** 2).mean() for p in capture.probs.values())
 
-        def predict_noise(executor, x, timestep, model_options={}, seed=None):
+        def predict_noise(executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
             guider = executor.class_obj
             run = patching.current_run(model_options)
             if not census:
@@ -186,7 +189,9 @@ def run(comfyui, args) -> Census:
         negative = [[torch.randn(1, 77, context_dim, generator=generator), {}]]
         latent = {"samples": torch.zeros(args.frames, 4, args.size // 8, args.size // 8)}
         _reset_peak()
-        comfyui.node("KSampler")().sample(probed, 3, args.steps, 7.5, "ddim", "ddim_uniform", positive, negative, latent)
+        comfyui.node("KSampler")().sample(
+            probed, 3, args.steps, 7.5, "ddim", "ddim_uniform", positive, negative, latent
+        )
         census[0].point("after sampling")
         comfy.model_management.unload_all_models()
         census[0].point("after ComfyUI unloaded the models")
@@ -208,7 +213,8 @@ def start():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--full-size", action="store_true", help="SD1.5-size UNet (fp16 weights) and v3-size motion module")
+    parser.add_argument("--full-size", action="store_true",
+                        help="SD1.5-size UNet (fp16 weights) and v3-size motion module")
     parser.add_argument("--lora", action="store_true", help="a LoRA on the UNet's attention projections")
     parser.add_argument("--frames", type=int, default=2)
     parser.add_argument("--size", type=int, default=64, help="width = height in pixels")
@@ -216,7 +222,8 @@ def main():
     args = parser.parse_args()
     comfyui = start()
     census = run(comfyui, args)
-    kind = "SD1.5-size UNet + v3-size motion module, fp16 weights" if args.full_size else "tiny UNet + motion module, fp32"
+    kind = ("SD1.5-size UNet + v3-size motion module, fp16 weights" if args.full_size
+            else "tiny UNet + motion module, fp32")
     print(f"{kind}{', LoRA' if args.lora else ''}; ComfyUI {comfyui.version}")
     print(census.table())
 

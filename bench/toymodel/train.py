@@ -8,7 +8,8 @@ computed directly (`training.encode_frames`). Clips are drawn fresh at every ste
 (8 frames, 128 x 128, one shape: 70 % translating at 4.5-9 px/frame, 15 % zooming, 15 % still; with
 `--clip-frames 8,16` also 16-frame clips at alternate steps, at 2.25-4.5 px/frame so the path stays in the
 frame, a quarter of them turning back part-way), rendered at 64 x 64 and pooled (the same 1/8 latent as
-the VAE encodes from a 128 x 128 frame, to within the renderer's anti-aliasing); 10 % of prompts are dropped for classifier-free guidance.
+the VAE encodes from a 128 x 128 frame, to within the renderer's anti-aliasing); 10 % of prompts are dropped
+for classifier-free guidance.
 
 Writes into `--out`: toy_unet.safetensors, toy_motion_module.safetensors, toy_clip.safetensors,
 toy_vae.safetensors (all float16 except the VAE's float8, exact for its weights), SHA256SUMS and
@@ -99,8 +100,8 @@ def main():
 
     trainer = ToyTrainer(arch, options.seed, options.init, tuple(int(f) for f in options.clip_frames.split(",")))
     os.makedirs(options.out, exist_ok=True)
-    log = {"command": " ".join(sys.argv), "planned_steps": options.steps, "seed": options.seed, "batch": options.batch, "lr": options.lr,
-           "threads": options.threads, "steps": [], "loss": []}
+    log = {"command": " ".join(sys.argv), "planned_steps": options.steps, "seed": options.seed, "batch": options.batch,
+           "lr": options.lr, "threads": options.threads, "steps": [], "loss": []}
     if options.init:
         log["init_sha256"] = _sums(options.init)  # what the fine-tune started from
     optimizer = torch.optim.AdamW(trainer.parameters(), lr=options.lr, weight_decay=0.0)

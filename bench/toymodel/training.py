@@ -74,7 +74,8 @@ def insert_position(block) -> int:
 
 
 def _comfy_block(unet, module_name: str):
-    # "down_blocks.2.motion_modules.1" -> input_blocks[3 * 2 + 1 + 1]; "up_blocks.1.motion_modules.2" -> output_blocks[5]
+    # "down_blocks.2.motion_modules.1" -> input_blocks[3 * 2 + 1 + 1];
+    # "up_blocks.1.motion_modules.2" -> output_blocks[5]
     parts = module_name.split(".")
     level, index = int(parts[1]), int(parts[3])
     if parts[0] == "down_blocks":
@@ -232,7 +233,9 @@ class ToyTrainer:
             block._modules = OrderedDict((str(i), layer) for i, layer in enumerate(block._modules.values()))
         for key, value in averaged.state_dict().items():
             unet_state[f"model.diffusion_model.{key}"] = value.half()
-        clip_state = {k: v.half() for k, v in self.clip_state.items() if k != arch.TOKEN_EMBEDDING_KEY and v.is_floating_point()}
+        clip_state = {
+            k: v.half() for k, v in self.clip_state.items() if k != arch.TOKEN_EMBEDDING_KEY and v.is_floating_point()
+        }
         ids = torch.tensor(self.prompt_tokens, dtype=torch.int64)
         clip_state["token_ids"] = ids
         clip_state["token_rows"] = self.clip_state[arch.TOKEN_EMBEDDING_KEY][ids].half()
