@@ -7,7 +7,6 @@ from collections.abc import Sequence
 import torch
 
 from motionclone.errors import MotionCloneError
-
 from motionclone.inversion import NoisePrediction, _carry_dtype, _checked_schedule, _ddim_move
 
 

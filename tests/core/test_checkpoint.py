@@ -7,10 +7,10 @@ import os
 import pytest
 import safetensors.torch
 import torch
+from tiny_models import TINY_CHANNELS, tiny_motion_state_dict
 
 from motionclone import MotionModuleFormatError, detect_motion_module, load_motion_module
 from motionclone.motion_module import AnimateDiffMotionModel
-from tiny_models import TINY_CHANNELS, tiny_motion_state_dict
 
 
 def _save(state, path):
@@ -29,7 +29,9 @@ def _save(state, path):
 def test_versions_are_detected_and_weights_load_exactly(tmp_path, version, has_mid, max_frames, suffix):
     state = tiny_motion_state_dict(version, seed=3)
     model, spec = load_motion_module(_save(state, tmp_path / f"mm{suffix}"))
-    assert (spec.version, spec.has_mid_block, spec.max_frames, spec.channels) == (version, has_mid, max_frames, TINY_CHANNELS)
+    assert (spec.version, spec.has_mid_block, spec.max_frames, spec.channels) == (
+        version, has_mid, max_frames, TINY_CHANNELS
+    )
     loaded = model.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
     assert model.max_frames == max_frames and not any(p.requires_grad for p in model.parameters())
@@ -39,9 +41,11 @@ def test_versions_are_detected_and_weights_load_exactly(tmp_path, version, has_m
 def test_animatelcm_positional_encoding_is_rebuilt_sinusoidally(tmp_path):
     model, _ = load_motion_module(_save(tiny_motion_state_dict("AnimateLCM"), tmp_path / "lcm.safetensors"))
     reference = AnimateDiffMotionModel(TINY_CHANNELS, True, 64)
-    pe = model.up_blocks[1].motion_modules[0].temporal_transformer.transformer_blocks[0].attention_blocks[0].pos_encoder.pe
+    pe = (model.up_blocks[1].motion_modules[0].temporal_transformer.transformer_blocks[0]
+          .attention_blocks[0].pos_encoder.pe)
     assert pe.shape == (1, 64, 128)
-    assert torch.equal(pe, reference.up_blocks[1].motion_modules[0].temporal_transformer.transformer_blocks[0].attention_blocks[0].pos_encoder.pe)
+    assert torch.equal(pe, reference.up_blocks[1].motion_modules[0].temporal_transformer.transformer_blocks[0]
+                       .attention_blocks[0].pos_encoder.pe)
 
 
 def test_ckpt_wrapped_in_state_dict_key_loads(tmp_path):
@@ -86,11 +90,13 @@ def test_missing_keys_are_refused(tmp_path):
 @pytest.mark.parametrize(
     "keys, message",
     [
-        ({"down_blocks.0.temporal_attentions.0.transformer_blocks.0.attention_blocks.0.pos_encoder.positional_encoding": (1, 24, 8)}, "HotShot-XL"),
+        ({"down_blocks.0.temporal_attentions.0.transformer_blocks.0.attention_blocks.0."
+          "pos_encoder.positional_encoding": (1, 24, 8)}, "HotShot-XL"),
         ({"down_blocks.0.motion_modules.0.transformer_blocks.0.attn1.to_q.weight": (8, 8)}, "diffusers MotionAdapter"),
         ({"model.diffusion_model.input_blocks.0.0.weight": (8, 4, 3, 3)}, "no AnimateDiff motion modules"),
         ({f"down_blocks.{i}.motion_modules.0.temporal_transformer.proj_in.weight": (8, 8) for i in range(3)}, "SDXL"),
-        ({"conv_in.weight": (8, 9, 3, 3), "down_blocks.3.motion_modules.0.temporal_transformer.proj_in.weight": (8, 8)}, "PIA"),
+        ({"conv_in.weight": (8, 9, 3, 3),
+          "down_blocks.3.motion_modules.0.temporal_transformer.proj_in.weight": (8, 8)}, "PIA"),
         ({}, "empty"),
     ],
 )

@@ -61,7 +61,8 @@ def test_unguided_step_is_ddim_and_zero_gradient_changes_nothing():
     x = z / a.sqrt()
     denoised = x - sigma * eps
     torch.testing.assert_close(euler_step(x, denoised, sigma, sigma_prev) * a_prev.sqrt(), ddim, rtol=1e-12, atol=1e-12)
-    assert torch.equal(guided_ddim_step(x, denoised, sigma, sigma_prev, torch.zeros_like(x)), euler_step(x, denoised, sigma, sigma_prev))
+    assert torch.equal(guided_ddim_step(x, denoised, sigma, sigma_prev, torch.zeros_like(x)),
+                       euler_step(x, denoised, sigma, sigma_prev))
 
 
 class ToyVideoModel:
@@ -149,7 +150,8 @@ def test_sampling_loop_matches_the_official_loop():
         return predict
 
     log = GuidanceLog()
-    ours = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, planned(GuidanceSettings(weight, 0.3, 2, 2)), log=log)
+    ours = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, planned(GuidanceSettings(weight, 0.3, 2, 2)),
+                              log=log)
     torch.testing.assert_close(ours, official, rtol=1e-9, atol=1e-9)
     assert len(log.of("motion")) == 6
     plain = sample_motionclone(noise * (1 + sigmas[0] ** 2).sqrt(), sigmas, planned(GuidanceSettings(0.0, 0.3, 2, 2)))
@@ -163,7 +165,8 @@ def test_weight_zero_plans_no_gradient_pass_and_the_loop_steps_plainly():
     assert not any(plan.guided for plan in plans[:6]) and [plan.index for plan in plans[:6]] == list(range(6))
 
     sigmas = torch.tensor([3.0, 1.0, 0.0], dtype=torch.float64)
-    out = sample_motionclone(torch.ones(2, 2), sigmas, lambda x, i: (0.5 * x, None, {"motion": torch.tensor(0.25 * (i + 1))}),
+    out = sample_motionclone(torch.ones(2, 2), sigmas,
+                             lambda x, i: (0.5 * x, None, {"motion": torch.tensor(0.25 * (i + 1))}),
                              log=(log := GuidanceLog()))
     assert log.of("motion") == [0.25, 0.5]
     assert torch.equal(out, euler_step(euler_step(torch.ones(2, 2), 0.5 * torch.ones(2, 2), sigmas[0], sigmas[1]),

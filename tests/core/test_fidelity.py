@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from motionclone.toyworld import ClipSpec, ShapeSpec, render_clip
 from motionclone.errors import MotionCloneError
 from motionclone.fidelity import (
     STILL_FRACTION,
@@ -25,6 +24,7 @@ from motionclone.fidelity import (
     track_similarity,
     working_size,
 )
+from motionclone.toyworld import ClipSpec, ShapeSpec, render_clip
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -210,9 +210,11 @@ def test_inputs_that_cannot_be_compared_say_which_and_how_to_fix():
 
 def test_importing_the_score_loads_neither_comfyui_nor_opencv(tmp_path):
     code = ("import json, sys; import motionclone.fidelity;"
-            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & {'comfy', 'comfy_api', 'folder_paths', 'cv2'})))")
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} "
+            "& {'comfy', 'comfy_api', 'folder_paths', 'cv2'})))")
     env = {**os.environ, "PYTHONPATH": PACK_ROOT}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            check=True)
     assert json.loads(result.stdout) == []
 
 
@@ -245,18 +247,23 @@ def test_segments_reacquire_tracks_that_the_whole_clip_score_loses():
     assert result.scores[:2] + result.scores[3:] == pytest.approx([1.0] * 4, abs=0.01)  # LK on edges: within 0.4 %
     assert result.score == pytest.approx(0.8, abs=0.01)
     text = result.describe()
-    assert text.startswith(f"mean over 5 segments of 8 frames {result.score:.3f} (frames 0-7: ") and "8-15: 0.000," in text
+    assert (text.startswith(f"mean over 5 segments of 8 frames {result.score:.3f} (frames 0-7: ")
+            and "8-15: 0.000," in text)
 
 
 def test_each_segment_scores_exactly_as_the_whole_clip_score_of_its_frames():
     reference = _moving(velocity=(1.5, 0.5), size=64, frames=20)
-    generated = torch.cat([_moving("square", "blue", (1.5, 0.0), 64, 10), _moving("square", "blue", (0.0, 1.5), 64, 10)])
+    generated = torch.cat([
+        _moving("square", "blue", (1.5, 0.0), 64, 10), _moving("square", "blue", (0.0, 1.5), 64, 10),
+    ])
     result = segmented_fidelity(reference, generated, 8)
     expected = [motion_fidelity(reference[a:b], generated[a:b]).score for a, b in segments_of(20, 8)]
     assert list(result.scores) == expected
     assert result.score == pytest.approx(float(np.mean(expected)))
     camera = segmented_fidelity(reference, generated, 8, mode="camera")
-    assert list(camera.scores) == [camera_fidelity(reference[a:b], generated[a:b]).cosine for a, b in segments_of(20, 8)]
+    assert list(camera.scores) == [
+        camera_fidelity(reference[a:b], generated[a:b]).cosine for a, b in segments_of(20, 8)
+    ]
     # A clip no longer than one segment is the whole-clip score.
     assert segmented_fidelity(reference, generated, 20).score == motion_fidelity(reference, generated).score
 

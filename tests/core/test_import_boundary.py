@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-COMFY_MODULES = ("comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server", "execution")
+COMFY_MODULES = (
+    "comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "nodes", "server", "execution",
+)
 
 
 def test_importing_motionclone_loads_no_comfyui_module(tmp_path):
@@ -21,5 +23,6 @@ def test_importing_motionclone_loads_no_comfyui_module(tmp_path):
         f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {COMFY_MODULES!r})))"
     )
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), PACK_ROOT])}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                            check=True)
     assert json.loads(result.stdout) == []

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from oracles import ddim_sampling
 
 from motionclone.errors import MotionCloneError
 from motionclone.inversion import ddim_inversion, inversion_timesteps
-from oracles import ddim_sampling
 
 ALPHA_BAR = torch.cumprod(1 - torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64), 0)  # diffusers "linear"
 SHAPE = (3, 4, 5, 6)
@@ -47,7 +47,8 @@ def test_inversion_then_sampling_reconstructs_z0_when_eps_ignores_z(dtype, toler
 
 
 def test_trajectory_equals_the_closed_form():
-    """With y = z / sqrt(abar) and sigma = sqrt((1-abar)/abar), DDIM is y_k = y_{k-1} + (sigma_k - sigma_{k-1}) eps_k."""
+    """With y = z / sqrt(abar) and sigma = sqrt((1-abar)/abar), DDIM is
+    y_k = y_{k-1} + (sigma_k - sigma_{k-1}) eps_k."""
     z0, eps = _random(0), _timestep_only_noise(torch.float64)
     timesteps = inversion_timesteps(25)
     trajectory = ddim_inversion(z0, ALPHA_BAR, timesteps, eps)
@@ -134,7 +135,8 @@ def test_eps_sees_the_previous_latent_and_the_target_timestep_and_progress_is_re
 
     trajectory = ddim_inversion(z0, ALPHA_BAR, [1, 21, 41], eps, on_step=lambda k, n: progress.append((k, n)))
     assert [t for _, t in seen] == [1, 21, 41]
-    assert torch.equal(seen[0][0], z0) and torch.equal(seen[1][0], trajectory[0]) and torch.equal(seen[2][0], trajectory[1])
+    assert (torch.equal(seen[0][0], z0) and torch.equal(seen[1][0], trajectory[0])
+            and torch.equal(seen[2][0], trajectory[1]))
     assert progress == [(1, 3), (2, 3), (3, 3)]
 
 
@@ -162,7 +164,8 @@ def test_inversion_timesteps_refuses_bad_step_counts(steps):
 
 
 @pytest.mark.parametrize(
-    "timesteps, match", [([], "empty"), ([5, 5], "strictly ascending"), ([10, 3], "strictly ascending"), ([0, 1000], "0..999")]
+    "timesteps, match",
+    [([], "empty"), ([5, 5], "strictly ascending"), ([10, 3], "strictly ascending"), ([0, 1000], "0..999")],
 )
 def test_inversion_refuses_bad_schedules(timesteps, match):
     with pytest.raises(MotionCloneError, match=match):

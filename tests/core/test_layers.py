@@ -28,8 +28,9 @@ PATCHING_CALLS = {"add_object_patch", "add_patches", "add_wrapper", "add_wrapper
                   "add_callback_with_key", "set_injections", "set_additional_models", "set_model_patch",
                   "set_model_patch_replace", "set_model_attn1_patch", "set_model_attn2_patch",
                   "set_model_attn1_replace", "set_model_attn2_replace", "set_model_forward_timestep_embed_patch",
-                  "set_model_unet_function_wrapper", "set_model_denoise_mask_function", "set_model_sampler_cfg_function",
-                  "set_model_sampler_post_cfg_function", "set_model_sampler_pre_cfg_function"}
+                  "set_model_unet_function_wrapper", "set_model_denoise_mask_function",
+                  "set_model_sampler_cfg_function", "set_model_sampler_post_cfg_function",
+                  "set_model_sampler_pre_cfg_function"}
 
 
 def _python_files(root: Path) -> list[Path]:
@@ -155,10 +156,13 @@ BREACHES = {
                                    "motionclone imports comfy.model_management"),
     "pure layer imports the runtime": ("motionclone/layout.py", "from ..nodes.engine import run\n",
                                        "motionclone imports nodes.engine.run"),
-    "product imports bench": ("nodes/toy.py", "from ..bench import fidelity\n", "imports bench.fidelity (nothing imports bench)"),
-    "tests import bench": ("tests/core/test_ddim.py", "import bench.fidelity\n", "imports bench.fidelity (nothing imports bench)"),
+    "product imports bench": ("nodes/toy.py", "from ..bench import fidelity\n",
+                              "imports bench.fidelity (nothing imports bench)"),
+    "tests import bench": ("tests/core/test_ddim.py", "import bench.fidelity\n",
+                           "imports bench.fidelity (nothing imports bench)"),
     "type-only cycle": ("nodes/engine/run.py",
-                        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .guided_step import GuidedStep\n",
+                        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                        "    from .guided_step import GuidedStep\n",
                         "comes after it in ENGINE_ORDER"),
     "cycle between faces": ("nodes/motion.py", "from .sampling import SAMPLER_NODE\n",
                             "the face nodes.motion imports the face nodes.sampling"),
@@ -184,7 +188,8 @@ def test_each_rule_fails_on_a_breach(tmp_path, rule):
 def test_a_real_cycle_is_named(tmp_path):
     copy = tmp_path / "pack"
     for name, code in {"nodes/__init__.py": "", "nodes/engine/__init__.py": "",
-                       "nodes/engine/run.py": "from . import checks\n", "nodes/engine/checks.py": "from . import run\n"}.items():
+                       "nodes/engine/run.py": "from . import checks\n",
+                       "nodes/engine/checks.py": "from . import run\n"}.items():
         os.makedirs((copy / name).parent, exist_ok=True)
         (copy / name).write_text(code)
     assert "import cycle among nodes/ files: nodes.engine.checks -> nodes.engine.run -> nodes.engine.checks" in \

@@ -88,11 +88,13 @@ def test_normalisation_and_threshold_per_frame_exact_values():
     attention = torch.tensor([[0.0, 1.0, 2.0, 4.0], [3.0, 3.0, 3.0, 3.0], [-1.0, 1.0, 0.0, 0.5]], dtype=torch.float64)
     normalised = normalise_per_frame(attention)
     expected = torch.tensor(
-        [[0.0, 1 / (4 + 1e-5), 2 / (4 + 1e-5), 4 / (4 + 1e-5)], [0.0] * 4, [0.0, 2 / (2 + 1e-5), 1 / (2 + 1e-5), 1.5 / (2 + 1e-5)]],
+        [[0.0, 1 / (4 + 1e-5), 2 / (4 + 1e-5), 4 / (4 + 1e-5)], [0.0] * 4,
+         [0.0, 2 / (2 + 1e-5), 1 / (2 + 1e-5), 1.5 / (2 + 1e-5)]],
         dtype=torch.float64,
     )
     assert torch.equal(normalised, expected)
-    assert torch.equal(binary_mask(normalised, 0.3), torch.tensor([[0.0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.float64))
+    assert torch.equal(binary_mask(normalised, 0.3),
+                       torch.tensor([[0.0, 0, 1, 1], [0, 0, 0, 0], [0, 1, 1, 1]], dtype=torch.float64))
     assert torch.equal(normalise_per_frame(attention.view(3, 2, 2)), expected.view(3, 2, 2))
     with pytest.raises(MotionCloneError, match=r"\[0, 1\]"):
         binary_mask(normalised, 1.5)
@@ -236,7 +238,8 @@ def _official_masks(cross_attn2_prob: dict, tok_ex: int, tok_app: int, tr_ex: fl
 def test_pipeline_equals_the_official_mask_computation(frames):
     heads, side, tokens, tok_ex, tok_app = 8, 16, 77, 2, 3
     layers = {f"up_blocks.1.attentions.{k}.transformer_blocks.0.attn2": torch.cat(
-        [_cross_attention(frames, heads, side, tokens, 10 * k), _cross_attention(frames, heads, side, tokens, 10 * k + 1)]
+        [_cross_attention(frames, heads, side, tokens, 10 * k),
+         _cross_attention(frames, heads, side, tokens, 10 * k + 1)]
     ).reshape(2 * frames * heads, side * side, tokens) for k in range(3)}
     expected = _official_masks(layers, tok_ex, tok_app, 0.3, 0.3, frames)
 

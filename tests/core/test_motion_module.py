@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
+from tiny_models import TINY_CHANNELS, tiny_motion_state_dict
 
 from motionclone import AnimateDiffMotionModel, AttentionCapture, ForwardStopped, FrameCountError, attention_probs
 from motionclone.motion_module import MotionModule, sinusoidal_positional_encoding
-from tiny_models import TINY_CHANNELS, tiny_motion_state_dict
 
 # One module's keys as the released AnimateDiff files (mm_sd_v15_v2.ckpt, v3_sd15_mm.ckpt) list them.
 RELEASED_MODULE_KEYS = sorted(
@@ -89,7 +89,8 @@ def _reference_probs(attention, x, frames):
 
 
 def test_captured_probabilities_match_a_direct_computation():
-    attention = _loaded_model().up_blocks[1].motion_modules[1].temporal_transformer.transformer_blocks[0].attention_blocks[1]
+    attention = (_loaded_model().up_blocks[1].motion_modules[1].temporal_transformer.transformer_blocks[0]
+                 .attention_blocks[1])
     frames, x = 5, torch.randn(2 * 5, 6, 128)
     capture = AttentionCapture(("up_blocks.1",))
     explicit = attention(x, frames, capture)
@@ -181,11 +182,15 @@ class _CastPerCall:
 
     class LayerNorm(_NoInit, torch.nn.LayerNorm):
         def forward(self, x):
-            return torch.nn.functional.layer_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+            return torch.nn.functional.layer_norm(
+                x, self.normalized_shape, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps
+            )
 
     class GroupNorm(_NoInit, torch.nn.GroupNorm):
         def forward(self, x):
-            return torch.nn.functional.group_norm(x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps)
+            return torch.nn.functional.group_norm(
+                x, self.num_groups, self.weight.to(x.dtype), self.bias.to(x.dtype), self.eps
+            )
 
 
 def _module_input(seed=4):
@@ -194,7 +199,8 @@ def _module_input(seed=4):
 
 def test_layers_come_from_the_operations_namespace_with_the_released_parameter_names():
     _CastPerCall.built.clear()
-    model = AnimateDiffMotionModel(TINY_CHANNELS, True, operations=_CastPerCall, dtype=torch.float16, compute_dtype=torch.float32)
+    model = AnimateDiffMotionModel(TINY_CHANNELS, True, operations=_CastPerCall, dtype=torch.float16,
+                                   compute_dtype=torch.float32)
     reference = AnimateDiffMotionModel(TINY_CHANNELS, True)
     assert list(model.state_dict()) == list(reference.state_dict())
     assert len(_CastPerCall.built) == sum(isinstance(m, torch.nn.Linear) for m in reference.modules())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import sys
+
 import tomllib
 
 PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

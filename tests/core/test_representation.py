@@ -12,16 +12,18 @@ from motionclone import (
     MotionCloneError,
     MotionFileError,
     MotionMetadata,
+    MotionMismatchError,
     index_dtype_for,
     load_motion,
-    MotionMismatchError,
     motion_loss,
-    stack_timesteps,
     save_motion,
+    stack_timesteps,
     top_k_representation,
 )
 
-LAYERS = tuple(f"up_blocks.1.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.{i}" for i in (0, 1))
+LAYERS = tuple(
+    f"up_blocks.1.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.{i}" for i in (0, 1)
+)
 
 
 def _metadata(frames=6, k=1, layers=LAYERS, timesteps=()) -> MotionMetadata:
@@ -31,7 +33,10 @@ def _metadata(frames=6, k=1, layers=LAYERS, timesteps=()) -> MotionMetadata:
 
 def _probs(seed: int, frames=6, positions=6, heads=8, layers=LAYERS) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {name: torch.softmax(3 * torch.randn(positions, heads, frames, frames, generator=generator), -1) for name in layers}
+    return {
+        name: torch.softmax(3 * torch.randn(positions, heads, frames, frames, generator=generator), -1)
+        for name in layers
+    }
 
 
 @pytest.mark.parametrize("k", [1, 2, 6])
@@ -84,7 +89,9 @@ def test_loss_matches_the_direct_formula(k):
     rep = top_k_representation(_probs(2), k, _metadata(k=k))
     generated = _probs(3)
     values, indices = rep.to_device(torch.device("cpu"))
-    assert motion_loss(generated, values, indices).item() == pytest.approx(_direct_loss(generated, rep).item(), rel=1e-6)
+    assert motion_loss(generated, values, indices).item() == pytest.approx(
+        _direct_loss(generated, rep).item(), rel=1e-6
+    )
 
 
 def test_loss_is_zero_for_identical_attention():
@@ -174,8 +181,9 @@ def test_out_of_range_indices_are_damage(tmp_path):
 def test_metadata_header_is_readable_json(tmp_path):
     with safetensors.safe_open(_saved(tmp_path), framework="pt") as handle:
         meta = json.loads(handle.metadata()["motionclone.metadata"])
-    assert meta == {"frames": 6, "latent_height": 8, "latent_width": 12, "layers": list(LAYERS), "blocks": ["up_blocks.1"],
-                    "top_k": 1, "timestep": 400, "model_family": "AnimateDiff v3 SD1.5", "timesteps": []}
+    assert meta == {"frames": 6, "latent_height": 8, "latent_width": 12, "layers": list(LAYERS),
+                    "blocks": ["up_blocks.1"], "top_k": 1, "timestep": 400, "model_family": "AnimateDiff v3 SD1.5",
+                    "timesteps": []}
 
 
 def test_several_videos_in_one_forward_are_each_compared_with_the_motion():
@@ -212,7 +220,8 @@ def test_per_timestep_entries_equal_single_representations_of_each_step():
 def test_per_timestep_lookup_of_a_missing_timestep_names_the_fix():
     _, rep = _per_timestep()
     assert rep.entry_for(950) == 1
-    with pytest.raises(MotionMismatchError, match=r"3 guided timesteps \(t=999..900\).*t=800.*same steps, guided_steps"):
+    with pytest.raises(MotionMismatchError,
+                       match=r"3 guided timesteps \(t=999..900\).*t=800.*same steps, guided_steps"):
         rep.to_device(torch.device("cpu"), timestep=800)
 
 
@@ -229,7 +238,8 @@ def test_per_timestep_round_trip_and_shape_check(tmp_path):
     save_motion(rep, path)
     loaded = load_motion(path)
     assert loaded.metadata == rep.metadata and loaded.metadata.timesteps == (999, 950, 900)
-    assert all(torch.equal(loaded.values[n], rep.values[n]) and torch.equal(loaded.indices[n], rep.indices[n]) for n in LAYERS)
+    assert all(torch.equal(loaded.values[n], rep.values[n]) and torch.equal(loaded.indices[n], rep.indices[n])
+               for n in LAYERS)
     tensors = safetensors.torch.load_file(path)
     tensors[f"{LAYERS[0]}.values"] = tensors[f"{LAYERS[0]}.values"][:2]
     tensors[f"{LAYERS[0]}.indices"] = tensors[f"{LAYERS[0]}.indices"][:2]

@@ -62,7 +62,9 @@ def test_ramp_matches_the_official_warm_up_and_cool_down():
 
 def test_ramp_overlapping_warm_up_and_cool_down_multiply():
     ramp = GuidanceRamp(weight=10.0, guided_steps=4, warm_up=4, cool_down=4)
-    assert [ramp.scale(i) for i in range(4)] == pytest.approx([10 * 1 / 4, 10 * 2 / 4 * 3 / 4, 10 * 3 / 4 * 2 / 4, 10 * 4 / 4 * 1 / 4])
+    assert [ramp.scale(i) for i in range(4)] == pytest.approx(
+        [10 * 1 / 4, 10 * 2 / 4 * 3 / 4, 10 * 3 / 4 * 2 / 4, 10 * 4 / 4 * 1 / 4]
+    )
 
 
 def test_ramp_without_warm_up_or_cool_down_is_flat():
@@ -73,7 +75,9 @@ def test_ramp_without_warm_up_or_cool_down_is_flat():
 @pytest.mark.parametrize("every, computing", [(1, [0, 1, 2, 3, 4]), (2, [0, 2, 4]), (3, [0, 3]), (7, [0])])
 def test_gradient_every_plans_a_gradient_pass_on_every_nth_guided_step_of_the_band(every, computing):
     timesteps = [999, 950, 900, 850, 800, 650, 300, 0]  # the band t >= 700 holds the first 5
-    plans = [GuidanceSettings(100.0, 0.3, warm_up=2, cool_down=2, gradient_every=every).plan(timesteps, i) for i in range(8)]
+    plans = [
+        GuidanceSettings(100.0, 0.3, warm_up=2, cool_down=2, gradient_every=every).plan(timesteps, i) for i in range(8)
+    ]
     band = plans[:5]
     assert plans[5:] == [None] * 3
     assert [p.index for p in band if p.computes_gradient] == computing

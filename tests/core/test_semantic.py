@@ -72,7 +72,8 @@ def test_pooled_features_computes_fp16_keys_in_float32():
 
 def test_layer_loss_equals_the_direct_formula():
     gen, app, masks = _keys(0), _keys(1), _masks(2)
-    torch.testing.assert_close(semantic_layer_loss(gen, app, *masks), _direct_layer_loss(gen, app, *masks), atol=1e-12, rtol=0)
+    torch.testing.assert_close(semantic_layer_loss(gen, app, *masks), _direct_layer_loss(gen, app, *masks),
+                               atol=1e-12, rtol=0)
 
 
 def test_global_loss_equals_the_official_broadcast_mse():
@@ -128,11 +129,15 @@ def test_total_is_the_official_weighted_mean_over_all_layers():
 
     per_layer = torch.stack([_direct_layer_loss(generated[n], appearance[n], *masks[n]) for n in LAYERS])
     official = 100 * torch.mean(torch.tensor([weights[n] / 100 for n in LAYERS], dtype=torch.float64) * per_layer)
-    torch.testing.assert_close(semantic_loss(generated, appearance, weights, 12, masks), official, atol=1e-10, rtol=1e-12)
+    torch.testing.assert_close(semantic_loss(generated, appearance, weights, 12, masks), official,
+                               atol=1e-10, rtol=1e-12)
 
     per_layer_global = torch.stack([global_semantic_layer_loss(generated[n], appearance[n]) for n in LAYERS])
-    official_global = 100 * torch.mean(torch.tensor([weights[n] / 100 for n in LAYERS], dtype=torch.float64) * per_layer_global)
-    torch.testing.assert_close(semantic_loss(generated, appearance, weights, 12, None), official_global, atol=1e-10, rtol=1e-12)
+    official_global = 100 * torch.mean(
+        torch.tensor([weights[n] / 100 for n in LAYERS], dtype=torch.float64) * per_layer_global
+    )
+    torch.testing.assert_close(semantic_loss(generated, appearance, weights, 12, None), official_global,
+                               atol=1e-10, rtol=1e-12)
 
 
 class _Untouchable:

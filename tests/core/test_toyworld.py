@@ -8,7 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from motionclone.toyworld import COLOURS, DEFAULT_SPEED, MOTIONS, PLAIN_BACKGROUND, SHAPES, ClipSpec, ShapeSpec, random_clip, render_clip
+from motionclone.toyworld import (
+    COLOURS,
+    DEFAULT_SPEED,
+    MOTIONS,
+    PLAIN_BACKGROUND,
+    SHAPES,
+    ClipSpec,
+    ShapeSpec,
+    random_clip,
+    render_clip,
+)
 
 
 def _coverage_from_pixels(frames: torch.Tensor, colour: str) -> torch.Tensor:
@@ -98,7 +108,9 @@ def test_two_shapes_each_follow_their_own_motion():
 
 
 def test_integer_pan_shifts_the_background_by_the_stated_vector_exactly():
-    clip = render_clip(ClipSpec((), frames=8, height=32, width=32, pan=(2.0, -1.0), background="texture", texture_seed=5))
+    clip = render_clip(
+        ClipSpec((), frames=8, height=32, width=32, pan=(2.0, -1.0), background="texture", texture_seed=5)
+    )
     frames = clip.frames
     assert torch.allclose(clip.background_offsets[3], torch.tensor([6.0, -3.0], dtype=torch.float64))
     for t in range(1, 8):

@@ -26,7 +26,8 @@ def test_span_takes_the_nearest_frame_to_each_evenly_spaced_time():
 
 def test_span_sets_the_playback_rate_that_keeps_the_real_speed():
     selection = select_frames(120, 30.0, 16, "span", span_seconds=4.0)
-    assert selection.indices == (0, 8, 15, 23, 30, 38, 45, 53, 60, 68, 75, 83, 90, 98, 105, 113) and selection.fps == 4.0
+    assert (selection.indices == (0, 8, 15, 23, 30, 38, 45, 53, 60, 68, 75, 83, 90, 98, 105, 113)
+            and selection.fps == 4.0)
     assert select_frames(60, 30.0, 16, "span", span_seconds=1.0).fps == 16.0
 
 
@@ -97,7 +98,8 @@ def test_a_number_that_is_not_finite_is_refused_by_name(name, value):
     clip_fps = value if name == "fps" else 30.0
     if name != "fps":
         settings[name] = value
-    with pytest.raises(MotionCloneError, match=re.escape(f"'{name}' is {value}; it must be a finite number. Type a number into '{name}'")):
+    with pytest.raises(MotionCloneError, match=re.escape(
+            f"'{name}' is {value}; it must be a finite number. Type a number into '{name}'")):
         select_frames(60, clip_fps, 16, "fps" if name == "target_fps" else "span", **settings)
 
 
@@ -115,7 +117,8 @@ def test_a_fix_suggested_for_a_1000_fps_clip_is_a_value_the_input_accepts_and_th
         select_frames(clip_frames, MAX_FPS, 16, mode, **settings)
     assert suggested in str(error.value)
     frames = fitting.pop("frames", 16)
-    select_frames(clip_frames, MAX_FPS, frames, "whole clip" if "start_seconds" in fitting else mode, **{**settings, **fitting})
+    select_frames(clip_frames, MAX_FPS, frames, "whole clip" if "start_seconds" in fitting else mode,
+                  **{**settings, **fitting})
     assert fitting.get("span_seconds", SECONDS_STEP) >= SECONDS_STEP
 
 
@@ -134,7 +137,9 @@ def _clip() -> torch.Tensor:
 
 def test_stretch_is_the_official_bilinear_resize():
     clip = _clip()
-    expected = F.interpolate(clip.permute(0, 3, 1, 2), size=(64, 128), mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
+    expected = F.interpolate(
+        clip.permute(0, 3, 1, 2), size=(64, 128), mode="bilinear", align_corners=True
+    ).permute(0, 2, 3, 1)
     torch.testing.assert_close(resize_frames(clip, 128, 64, "stretch"), expected, rtol=0, atol=0)
 
 

@@ -34,7 +34,8 @@ def _metadata(**changes) -> MotionMetadata:
 
 def _window_entries(seed: int, metadata: MotionMetadata):
     generator = torch.Generator().manual_seed(seed)
-    single = dataclasses.replace(metadata, frames=LENGTH, window_length=0, window_overlap=0, window_schedule="", timesteps=())
+    single = dataclasses.replace(metadata, frames=LENGTH, window_length=0, window_overlap=0, window_schedule="",
+                                 timesteps=())
     return [top_k_representation({LAYERS[0]: torch.softmax(torch.randn(6, 8, LENGTH, LENGTH, generator=generator), -1)},
                                  metadata.top_k, single) for _ in metadata.windows]
 
@@ -55,7 +56,9 @@ def test_a_windowed_motion_stacks_one_entry_per_window_with_window_local_indices
 
 def test_per_timestep_windowed_motion_puts_the_timestep_axis_first(tmp_path):
     metadata = _metadata(timesteps=(999, 900))
-    per_step = [stack_windows(_window_entries(seed, metadata), dataclasses.replace(metadata, timesteps=())) for seed in (1, 2)]
+    per_step = [
+        stack_windows(_window_entries(seed, metadata), dataclasses.replace(metadata, timesteps=())) for seed in (1, 2)
+    ]
     motion = stack_timesteps(per_step, metadata)
     assert motion.values[LAYERS[0]].shape == (2, 3, 6, 8, LENGTH, 2)
     window = motion.window(1)
@@ -78,7 +81,8 @@ def test_windowed_files_round_trip_and_keep_the_layout(tmp_path):
     assert header["motionclone.format"] == "3"
     assert json.loads(header["motionclone.metadata"])["window_schedule"] == "looped"
     loaded = load_motion(path)
-    assert loaded.metadata.windows == motion.metadata.windows and len(loaded.metadata.windows) == 4  # 0..3 3..6 6..9 9..2
+    # 0..3 3..6 6..9 9..2
+    assert loaded.metadata.windows == motion.metadata.windows and len(loaded.metadata.windows) == 4
 
 
 def _rewrite(path, tmp_path, metadata_changes=None, tensors=None, **header_changes) -> str:

@@ -19,7 +19,9 @@ def test_uniform_windows_step_by_length_minus_overlap_and_the_last_ends_at_the_l
     assert windows.index_lists(64) == _ranges((0, 16), (12, 28), (24, 40), (36, 52), (48, 64))
     # 48 frames: 36 + 16 > 48, so the last window is shifted back to 32..47 (overlapping its neighbour by 8).
     assert windows.index_lists(48) == _ranges((0, 16), (12, 28), (24, 40), (32, 48))
-    assert ContextWindows(8, 2).index_lists(40) == _ranges((0, 8), (6, 14), (12, 20), (18, 26), (24, 32), (30, 38), (32, 40))
+    assert ContextWindows(8, 2).index_lists(40) == _ranges(
+        (0, 8), (6, 14), (12, 20), (18, 26), (24, 32), (30, 38), (32, 40)
+    )
     assert ContextWindows(4, 0).index_lists(10) == _ranges((0, 4), (4, 8), (6, 10))
     assert ContextWindows(16, 4).index_lists(17) == _ranges((0, 16), (1, 17))
 
@@ -41,7 +43,8 @@ def test_looped_windows_wrap_around_the_end_back_to_frame_0():
 
 
 @pytest.mark.parametrize("schedule", ["uniform", "looped"])
-@pytest.mark.parametrize("frames,length,overlap", [(40, 16, 4), (64, 16, 4), (33, 16, 8), (100, 24, 6), (9, 8, 0), (50, 8, 7)])
+@pytest.mark.parametrize("frames,length,overlap",
+                         [(40, 16, 4), (64, 16, 4), (33, 16, 8), (100, 24, 6), (9, 8, 0), (50, 8, 7)])
 def test_every_window_is_full_length_with_distinct_frames_and_every_frame_is_covered(schedule, frames, length, overlap):
     windows = ContextWindows(length, overlap, schedule).index_lists(frames)
     assert all(len(w) == length and len(set(w)) == length for w in windows)

@@ -64,5 +64,6 @@ def test_no_thumbnail_without_its_workflow_and_a_card_for_each():
     assert thumbnails == WORKFLOWS
     with open(os.path.join(WORKFLOWS_DIR, "make_thumbnails.py")) as f:
         tree = ast.parse(f.read())
-    cards = next(node.value for node in tree.body if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CARDS")
+    cards = next(node.value for node in tree.body
+                 if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CARDS")
     assert sorted(ast.literal_eval(key) for key in cards.keys) == WORKFLOWS

@@ -161,7 +161,8 @@ class ComfyUI:
 
 class PromptFailed(AssertionError):
     def __init__(self, details):
-        super().__init__(f"{details.get('exception_type')}: {details.get('exception_message')}" if isinstance(details, dict) else str(details))
+        super().__init__(f"{details.get('exception_type')}: {details.get('exception_message')}"
+                         if isinstance(details, dict) else str(details))
         self.details = details
 
 
@@ -174,9 +175,10 @@ def start_comfyui(root: str, workdir: str) -> ComfyUI:
     from comfy.cli_args import args
 
     args.cpu = True
-    args.base_directory = workdir  # read once, when folder_paths is first imported: every default folder lies in workdir
-    import utils.extra_config  # noqa: F401 - must precede `import nodes` (ComfyUI's import order)
+    # read once, when folder_paths is first imported: every default folder lies in workdir
+    args.base_directory = workdir
     import folder_paths
+    import utils.extra_config  # noqa: F401 - must precede `import nodes` (ComfyUI's import order)
 
     custom_nodes = os.path.join(workdir, "custom_nodes")
     models_dir = os.path.join(workdir, "models")
@@ -185,14 +187,16 @@ def start_comfyui(root: str, workdir: str) -> ComfyUI:
         os.makedirs(path, exist_ok=True)
     os.symlink(PACK_ROOT, os.path.join(custom_nodes, "ComfyUI-MotionClone"))
     os.symlink(TESTING_PACK, os.path.join(custom_nodes, "motionclone_testing_pack"))
-    outside = [path for path in (folder_paths.models_dir, folder_paths.get_output_directory(), folder_paths.get_temp_directory(),
-                                 folder_paths.get_input_directory(), folder_paths.get_user_directory(),
+    outside = [path for path in (folder_paths.models_dir, folder_paths.get_output_directory(),
+                                 folder_paths.get_temp_directory(), folder_paths.get_input_directory(),
+                                 folder_paths.get_user_directory(),
                                  *folder_paths.get_folder_paths("custom_nodes"))
                if not os.path.abspath(path).startswith(os.path.abspath(workdir) + os.sep)]
     if outside:  # folder_paths was imported before (by the caller), with the checkout as its base
         raise RuntimeError(f"ComfyUI's folders lie outside the test's base directory {workdir}: {outside}")
 
     import execution
+
     import nodes
 
     init = nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False)

@@ -86,8 +86,9 @@ def running_server(root: str, base: Path, *extra_args: str, timeout: float = 120
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "serve_comfyui.py"), root, *(["--cpu"] if cpu else []), "--listen", "127.0.0.1",
-             "--port", str(port), "--base-directory", str(base), "--database-url", f"sqlite:///{base / 'comfyui.db'}",
+            [sys.executable, os.path.join(HERE, "serve_comfyui.py"), root, *(["--cpu"] if cpu else []),
+             "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base),
+             "--database-url", f"sqlite:///{base / 'comfyui.db'}",
              "--disable-auto-launch", "--disable-api-nodes", *extra_args],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
@@ -100,7 +101,7 @@ def running_server(root: str, base: Path, *extra_args: str, timeout: float = 120
                     break
                 except OSError:
                     if process.poll() is not None or time.monotonic() > deadline:
-                        raise AssertionError(f"ComfyUI server did not start:\n{server.log()[-3000:]}")
+                        raise AssertionError(f"ComfyUI server did not start:\n{server.log()[-3000:]}") from None
                     time.sleep(0.5)
             yield server
         finally:

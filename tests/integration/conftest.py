@@ -7,7 +7,6 @@ import os
 import pytest
 import safetensors.torch
 import torch
-
 from comfy_harness import find_comfyui, start_comfyui
 from comfy_server import install_pack, running_server
 from model_files import place_model_files

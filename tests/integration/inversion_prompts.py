@@ -8,7 +8,9 @@ REFERENCE_TEXT = "a square moving right"
 NEW_TEXT = "a ball rolling on grass"
 
 
-def _reference_nodes(prompt: dict, motion_module: str = "tiny_v3.safetensors", output_scale: float = 1.0) -> tuple[list, list, list]:
+def _reference_nodes(
+    prompt: dict, motion_module: str = "tiny_v3.safetensors", output_scale: float = 1.0
+) -> tuple[list, list, list]:
     """Tiny SD1.5 + motion module, tiny CLIP and VAE, the moving-square clip encoded; returns (model, clip, latent)."""
     prompt.update({
         "model": {"class_type": "MotionCloneTestTinySD15", "inputs": {"seed": 1, "output_scale": output_scale}},
@@ -17,7 +19,8 @@ def _reference_nodes(prompt: dict, motion_module: str = "tiny_v3.safetensors", o
                   "inputs": {"model": ["model", 0], "motion_model": ["load", 0], "beta_schedule": "sqrt_linear"}},
         "clip": {"class_type": "MotionCloneTestTinyCLIP", "inputs": {"seed": 3}},
         "vae": {"class_type": "MotionCloneTestTinyVAE", "inputs": {"seed": 0}},
-        "frames": {"class_type": "MotionCloneTestMovingSquare", "inputs": {"frames": FRAMES, "width": WIDTH, "height": HEIGHT}},
+        "frames": {"class_type": "MotionCloneTestMovingSquare",
+                   "inputs": {"frames": FRAMES, "width": WIDTH, "height": HEIGHT}},
         "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["frames", 0], "vae": ["vae", 0]}},
         "reference_text": {"class_type": "CLIPTextEncode", "inputs": {"text": REFERENCE_TEXT, "clip": ["clip", 0]}},
     })
@@ -43,7 +46,8 @@ def reconstruction_prompt(clip_path: str, noised_path: str, reconstructed_path: 
             "negative": ["reference_text", 0], "sampler": ["select", 0], "sigmas": ["invert", 2],
             "latent_image": ["invert", 1]}},
         "save_clip": {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": latent, "path": clip_path}},
-        "save_noised": {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["invert", 1], "path": noised_path}},
+        "save_noised": {"class_type": "MotionCloneTestSaveLatent",
+                        "inputs": {"samples": ["invert", 1], "path": noised_path}},
         "save_reconstruction": {"class_type": "MotionCloneTestSaveLatent",
                                 "inputs": {"samples": ["reconstruct", 0], "path": reconstructed_path}},
     })
@@ -76,8 +80,8 @@ def semantic_prompt(save_path: str, *, semantic_weight: float, motion_weight: fl
             "height": HEIGHT, "resize": "stretch", "timestep": 400, "seed": seed, "blocks": "up_blocks.1", "top_k": 1,
             "steps": steps, "guided_steps": guided_steps, "guided_fraction": 0.3}},
         "sample": {"class_type": "MotionCloneSampler", "inputs": {
-            "model": model, "seed": seed, "steps": steps, "guided_steps": guided_steps, "guided_fraction": 0.3, "cfg": 8.5,
-            "positive": ["new_text", 0], "negative": ["negative_text", 0], "latent_image": ["empty", 0],
+            "model": model, "seed": seed, "steps": steps, "guided_steps": guided_steps, "guided_fraction": 0.3,
+            "cfg": 8.5, "positive": ["new_text", 0], "negative": ["negative_text", 0], "latent_image": ["empty", 0],
             "motion": ["extract", 0], "motion_weight": motion_weight, "warm_up_steps": 1, "cool_down_steps": 1}},
         "save": {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["sample", 0], "path": save_path}},
     })

@@ -34,6 +34,7 @@ if PACK_ROOT not in sys.path:
     sys.path.append(PACK_ROOT)  # appended: our nodes/ must not shadow ComfyUI's nodes module
 
 import toy_fidelity_runs as fidelity  # noqa: E402
+
 from motionclone.toyworld import PING_PONG_SPEED, ping_pong_frames  # noqa: E402
 
 SIZE = 128
@@ -51,7 +52,8 @@ def build_prompt(row: str, frames: int, seed: int, prefix: str, length: int | No
                                   steps or fidelity.STEPS, guided_steps or fidelity.GUIDED_STEPS)
     graph["latent"]["inputs"]["batch_size"] = frames
     if "reference" in graph:
-        graph["reference"] = {"class_type": "MotionCloneTestToyPingPong", "inputs": {"frames": frames, "speed": speed, "size": SIZE}}
+        graph["reference"] = {"class_type": "MotionCloneTestToyPingPong",
+                              "inputs": {"frames": frames, "speed": speed, "size": SIZE}}
     if length:
         for node in graph.values():
             for name, value in node["inputs"].items():
@@ -195,7 +197,9 @@ def memory_table(comfy, length: int, overlap: int, frame_counts=(16, 32, 48, 64)
     with torch.inference_mode():
         model = comfy.node("MotionCloneTestTinySD15")().build(seed=1)[0]
         motion = comfy.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-        plain = comfy.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+        plain = comfy.node("MotionCloneApplyAnimateDiff").execute(
+            model=model, motion_model=motion, beta_schedule="sqrt_linear"
+        ).args[0]
         windowed = comfy.node("MotionCloneContextWindows").execute(model=plain, length=length, overlap=overlap,
                                                                    schedule="uniform", fusion="pyramid").args[0]
         for frames in frame_counts:
@@ -204,6 +208,7 @@ def memory_table(comfy, length: int, overlap: int, frame_counts=(16, 32, 48, 64)
                     continue
                 began = time.perf_counter()
                 kept = kept_for_backward_of_a_guided_run(comfy, patched, frames)
-                rows.append({"frames": frames, "mode": name, "kept_bytes": kept, "seconds": time.perf_counter() - began})
+                rows.append({"frames": frames, "mode": name, "kept_bytes": kept,
+                             "seconds": time.perf_counter() - began})
                 print(json.dumps(rows[-1]))
     return rows

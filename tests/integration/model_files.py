@@ -16,7 +16,6 @@ from typing import Callable
 
 import safetensors.torch
 import torch
-
 from prompts import FRAMES
 from tiny_models import tiny_motion_state_dict
 
@@ -32,7 +31,8 @@ CHECKPOINT_UNET = {
 }
 CHECKPOINT_CHANNELS = (320, 320, 320, 320)
 # SD1.5's own UNet config (860M parameters) and the widths of a v3 motion module for it.
-SD15_UNET = {**CHECKPOINT_UNET, "channel_mult": [1, 2, 4, 4], "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
+SD15_UNET = {**CHECKPOINT_UNET, "channel_mult": [1, 2, 4, 4],
+             "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]}
 SD15_CHANNELS = (320, 640, 1280, 1280)
 CLIP_FPS = 8
 
@@ -50,10 +50,12 @@ def write_sd15_checkpoint(path: Path, unet: dict = CHECKPOINT_UNET) -> None:
 
     config = comfy.supported_models.SD15(dict(unet))
     config.set_inference_dtype(torch.float32, None)
-    state = {f"model.diffusion_model.{k}": v for k, v in seeded_weights(config.get_model({}).diffusion_model, seed=21).items()}
+    state = {f"model.diffusion_model.{k}": v
+             for k, v in seeded_weights(config.get_model({}).diffusion_model, seed=21).items()}
     text_encoder = seeded_weights(comfy.sd1_clip.SD1ClipModel(device="cpu"), seed=22)
     prefix = "clip_l.transformer.text_model."  # the file format has no projection and no logit scale
-    state.update({f"cond_stage_model.transformer.text_model.{k[len(prefix):]}": v for k, v in text_encoder.items() if k.startswith(prefix)})
+    state.update({f"cond_stage_model.transformer.text_model.{k[len(prefix):]}": v
+                  for k, v in text_encoder.items() if k.startswith(prefix)})
     state.update({f"first_stage_model.{k}": v for k, v in tiny_taesd_state(seed=23).items()})
     safetensors.torch.save_file({k: v.half().contiguous() for k, v in state.items()}, str(path))
 

@@ -8,16 +8,19 @@ FRAMES, WIDTH, HEIGHT = 4, 128, 128  # 16x16 latents: up_blocks.1 attends over 4
 def video_prompt(save_path: str, motion_module: str | None = None, beta_schedule: str = "sqrt_linear", *,
                  lora: str | None = None, probe_path: str | None = None, frames: int = FRAMES,
                  sampler: str = "KSampler", steps: int = 3, seed: int = 7, context_length: int | None = None) -> dict:
-    """TinySD15 [-> LoRA] [-> Load + Apply AnimateDiff] [-> context windows] [-> gradient probe] -> sampler -> SaveLatent."""
+    """TinySD15 [-> LoRA] [-> Load + Apply AnimateDiff] [-> context windows] [-> gradient probe] -> sampler
+    -> SaveLatent."""
     prompt = {
         "model": {"class_type": "MotionCloneTestTinySD15", "inputs": {"seed": 1}},
         "positive": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 2}},
         "negative": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 3}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": frames}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": frames}},
     }
     model = ["model", 0]
     if lora:
-        prompt["lora"] = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": model, "lora_name": lora, "strength_model": 1.0}}
+        prompt["lora"] = {"class_type": "LoraLoaderModelOnly",
+                          "inputs": {"model": model, "lora_name": lora, "strength_model": 1.0}}
         model = ["lora", 0]
     if motion_module:
         prompt["load"] = {"class_type": "MotionCloneLoadAnimateDiff", "inputs": {"motion_module": motion_module}}
@@ -34,18 +37,23 @@ def video_prompt(save_path: str, motion_module: str | None = None, beta_schedule
         model = ["probe", 0]
     if sampler == "KSampler":
         prompt["sample"] = {"class_type": "KSampler", "inputs": {
-            "model": model, "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": "ddim", "scheduler": "ddim_uniform",
-            "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["latent", 0], "denoise": 1.0}}
+            "model": model, "seed": seed, "steps": steps, "cfg": 7.5, "sampler_name": "ddim",
+            "scheduler": "ddim_uniform", "positive": ["positive", 0], "negative": ["negative", 0],
+            "latent_image": ["latent", 0], "denoise": 1.0}}
     else:
         prompt.update({
             "noise": {"class_type": "RandomNoise", "inputs": {"noise_seed": seed}},
-            "guider": {"class_type": "CFGGuider", "inputs": {"model": model, "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 7.5}},
+            "guider": {"class_type": "CFGGuider", "inputs": {
+                "model": model, "positive": ["positive", 0], "negative": ["negative", 0], "cfg": 7.5}},
             "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
-            "sigmas": {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "normal", "steps": steps, "denoise": 1.0}},
+            "sigmas": {"class_type": "BasicScheduler", "inputs": {
+                "model": model, "scheduler": "normal", "steps": steps, "denoise": 1.0}},
             "sample": {"class_type": "SamplerCustomAdvanced", "inputs": {
-                "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["select", 0], "sigmas": ["sigmas", 0], "latent_image": ["latent", 0]}},
+                "noise": ["noise", 0], "guider": ["guider", 0], "sampler": ["select", 0], "sigmas": ["sigmas", 0],
+                "latent_image": ["latent", 0]}},
         })
-    prompt["save"] = {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["sample", 0], "path": save_path}}
+    prompt["save"] = {"class_type": "MotionCloneTestSaveLatent",
+                      "inputs": {"samples": ["sample", 0], "path": save_path}}
     return prompt
 
 
@@ -53,10 +61,12 @@ def _motion_model_nodes(prompt: dict, motion_module: str) -> list:
     prompt.update({
         "model": {"class_type": "MotionCloneTestTinySD15", "inputs": {"seed": 1}},
         "load": {"class_type": "MotionCloneLoadAnimateDiff", "inputs": {"motion_module": motion_module}},
-        "apply": {"class_type": "MotionCloneApplyAnimateDiff", "inputs": {"model": ["model", 0], "motion_model": ["load", 0], "beta_schedule": "sqrt_linear"}},
+        "apply": {"class_type": "MotionCloneApplyAnimateDiff", "inputs": {
+            "model": ["model", 0], "motion_model": ["load", 0], "beta_schedule": "sqrt_linear"}},
         "positive": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 2}},
         "negative": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 3}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": FRAMES}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": FRAMES}},
     })
     return ["apply", 0]
 
@@ -70,7 +80,8 @@ def extract_nodes(prompt: dict, model: list, *, seed: int = 5, frames: int = FRA
         "reference_prompt": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 4}},
         "extract": {"class_type": "MotionCloneExtractMotion", "inputs": {
             "model": model, "images": ["clip", 0], "vae": ["vae", 0], "conditioning": ["reference_prompt", 0],
-            "width": width, "height": height, "resize": resize, "timestep": 400, "seed": seed, "blocks": blocks, "top_k": top_k}},
+            "width": width, "height": height, "resize": resize, "timestep": 400, "seed": seed, "blocks": blocks,
+            "top_k": top_k}},
     })
     return ["extract", 0]
 
@@ -79,13 +90,15 @@ def extract_prompt(motion_module: str = "tiny_v3.safetensors", filename_prefix: 
     prompt: dict = {}
     model = _motion_model_nodes(prompt, motion_module)
     motion = extract_nodes(prompt, model, **extract)
-    prompt["save_motion"] = {"class_type": "MotionCloneSaveMotion", "inputs": {"motion": motion, "filename_prefix": filename_prefix}}
+    prompt["save_motion"] = {"class_type": "MotionCloneSaveMotion",
+                             "inputs": {"motion": motion, "filename_prefix": filename_prefix}}
     return prompt
 
 
 def motionclone_prompt(save_path: str, *, motion_file: str | None = None, weight: float = 2000.0, steps: int = 6,
                        guided_steps: int = 3, seed: int = 5, motion_module: str = "tiny_v3.safetensors",
-                       interrupt_at_call: int | None = None, graph_report: str | None = None, latent_size: tuple[int, int, int] | None = None, **extract) -> dict:
+                       interrupt_at_call: int | None = None, graph_report: str | None = None,
+                       latent_size: tuple[int, int, int] | None = None, **extract) -> dict:
     """[Extract Motion | Load Motion] -> MotionClone Sampler -> SaveLatent."""
     prompt: dict = {}
     model = _motion_model_nodes(prompt, motion_module)
@@ -99,16 +112,19 @@ def motionclone_prompt(save_path: str, *, motion_file: str | None = None, weight
         prompt["latent"]["inputs"].update({"batch_size": frames, "width": width, "height": height})
     sampling_model = model
     if interrupt_at_call:
-        prompt["interrupt"] = {"class_type": "MotionCloneTestInterruptAtCall", "inputs": {"model": model, "call": interrupt_at_call}}
+        prompt["interrupt"] = {"class_type": "MotionCloneTestInterruptAtCall",
+                               "inputs": {"model": model, "call": interrupt_at_call}}
         sampling_model = ["interrupt", 0]
     if graph_report:
-        prompt["graph"] = {"class_type": "MotionCloneTestGraphProbe", "inputs": {"model": sampling_model, "report_path": graph_report}}
+        prompt["graph"] = {"class_type": "MotionCloneTestGraphProbe",
+                           "inputs": {"model": sampling_model, "report_path": graph_report}}
         sampling_model = ["graph", 0]
     prompt["sample"] = {"class_type": "MotionCloneSampler", "inputs": {
         "model": sampling_model, "seed": seed, "steps": steps, "guided_steps": guided_steps, "guided_fraction": 0.3,
         "cfg": 8.5, "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["latent", 0],
         "motion": motion, "motion_weight": weight, "warm_up_steps": 1, "cool_down_steps": 1}}
-    prompt["save"] = {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["sample", 0], "path": save_path}}
+    prompt["save"] = {"class_type": "MotionCloneTestSaveLatent",
+                      "inputs": {"samples": ["sample", 0], "path": save_path}}
     return prompt
 
 
@@ -123,7 +139,8 @@ def plain_ddim_prompt(save_path: str, *, steps: int = 6, guided_steps: int = 3, 
         "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}},
         "sample": {"class_type": "SamplerCustom", "inputs": {
             "model": model, "add_noise": True, "noise_seed": seed, "cfg": 8.5, "positive": ["positive", 0],
-            "negative": ["negative", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0], "latent_image": ["latent", 0]}},
+            "negative": ["negative", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0],
+            "latent_image": ["latent", 0]}},
         "save": {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["sample", 0], "path": save_path}},
     })
     return prompt
@@ -142,8 +159,9 @@ def guidance_ksampler_prompt(save_path: str, report_path: str, *, weight: float,
         "probe": {"class_type": "MotionCloneTestMotionLossProbe", "inputs": {
             "model": ["guidance", 0], "motion": motion, "report_path": report_path}},
         "sample": {"class_type": "KSampler", "inputs": {
-            "model": ["probe", 0], "seed": seed, "steps": steps, "cfg": 8.5, "sampler_name": "ddim", "scheduler": "ddim_uniform",
-            "positive": ["positive", 0], "negative": ["negative", 0], "latent_image": ["latent", 0], "denoise": 1.0}},
+            "model": ["probe", 0], "seed": seed, "steps": steps, "cfg": 8.5, "sampler_name": "ddim",
+            "scheduler": "ddim_uniform", "positive": ["positive", 0], "negative": ["negative", 0],
+            "latent_image": ["latent", 0], "denoise": 1.0}},
         "save": {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["sample", 0], "path": save_path}},
     })
     return prompt

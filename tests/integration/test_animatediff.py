@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-
 from comfy_harness import PromptFailed, loaded_pack_module
 from prompts import FRAMES, video_prompt
 from tiny_models import tiny_motion_state_dict
@@ -42,7 +41,8 @@ def test_nodes_are_registered_with_tooltips_on_every_input(comfyui):
 
 def test_zero_initialised_module_leaves_sampling_bit_identical(comfyui, tmp_path):
     plain = _sample(comfyui, tmp_path, "plain")
-    animated = _sample(comfyui, tmp_path, "zero", motion_module="tiny_v3_zero.safetensors", beta_schedule="keep MODEL's")
+    animated = _sample(comfyui, tmp_path, "zero", motion_module="tiny_v3_zero.safetensors",
+                       beta_schedule="keep MODEL's")
     assert plain.shape == (FRAMES, 4, 16, 16)
     assert torch.equal(plain, animated)
 
@@ -57,14 +57,17 @@ def test_trained_module_changes_the_video_through_ksampler(comfyui, tmp_path, mo
 
 def test_samplercustomadvanced_samples_the_patched_model(comfyui, tmp_path):
     zero = _sample(comfyui, tmp_path, "zero", motion_module="tiny_v3_zero.safetensors", sampler="SamplerCustomAdvanced")
-    animated = _sample(comfyui, tmp_path, "animated", motion_module="tiny_v3.safetensors", sampler="SamplerCustomAdvanced")
+    animated = _sample(comfyui, tmp_path, "animated", motion_module="tiny_v3.safetensors",
+                       sampler="SamplerCustomAdvanced")
     assert torch.isfinite(animated).all() and (animated - zero).abs().mean() > 1e-3
 
 
 def test_sqrt_linear_schedule_is_patched_in(comfyui):
     model = comfyui.node("MotionCloneTestTinySD15")().build(seed=1)[0]
     motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-    patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+    patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(
+        model=model, motion_model=motion, beta_schedule="sqrt_linear"
+    ).args[0]
     betas = np.linspace(0.00085, 0.012, 1000, dtype=np.float64)  # diffusers "linear", AnimateDiff's schedule
     alphas_cumprod = np.cumprod(1 - betas)
     expected = np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
@@ -118,7 +121,9 @@ def _ksample(comfyui, model, seed=3):
     positive = comfyui.node("MotionCloneTestRandomConditioning")().build(2)[0]
     negative = comfyui.node("MotionCloneTestRandomConditioning")().build(3)[0]
     latent = {"samples": torch.zeros(FRAMES, 4, 16, 16)}
-    return comfyui.node("KSampler")().sample(model, seed, 2, 7.5, "ddim", "ddim_uniform", positive, negative, latent)[0]["samples"]
+    return comfyui.node("KSampler")().sample(
+        model, seed, 2, 7.5, "ddim", "ddim_uniform", positive, negative, latent
+    )[0]["samples"]
 
 
 def test_original_model_is_untouched_after_apply_and_after_sampling(comfyui):
@@ -127,7 +132,9 @@ def test_original_model_is_untouched_after_apply_and_after_sampling(comfyui):
         before = _patcher_state(model)
         plain = _ksample(comfyui, model)
         motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-        patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+        patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(
+            model=model, motion_model=motion, beta_schedule="sqrt_linear"
+        ).args[0]
         assert _patcher_state(model) == before
         animated = _ksample(comfyui, patched)
         after = _ksample(comfyui, model)  # the animated run left the UNet injected; ComfyUI must eject it
@@ -138,7 +145,9 @@ def test_original_model_is_untouched_after_apply_and_after_sampling(comfyui):
 
 def _apply(comfyui, model, motion_module="tiny_v3.safetensors"):
     motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module=motion_module).args[0]
-    return comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+    return comfyui.node("MotionCloneApplyAnimateDiff").execute(
+        model=model, motion_model=motion, beta_schedule="sqrt_linear"
+    ).args[0]
 
 
 def test_refusals_name_the_problem(comfyui, tmp_path):
@@ -165,14 +174,17 @@ def test_refusals_name_the_problem(comfyui, tmp_path):
 
 def test_too_many_frames_is_a_clear_error_through_the_executor(comfyui, tmp_path):
     with pytest.raises(PromptFailed, match="33 frames but the motion module supports at most 32") as error:
-        comfyui.run_prompt(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors", frames=33))
+        comfyui.run_prompt(
+            video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors", frames=33)
+        )
     assert error.value.details["exception_type"].endswith("FrameCountError")
 
 
 def test_long_videos_run_through_comfyui_context_windows(comfyui, tmp_path):
     if tuple(int(p) for p in comfyui.version.split(".")[:2]) < (0, 4):
         pytest.skip("ComfyUI < 0.4 context windows fail on per-frame timesteps (comfy/context_windows.py set_step)")
-    video = _sample(comfyui, tmp_path, "long", motion_module="tiny_v3.safetensors", frames=40, context_length=16, steps=2)
+    video = _sample(comfyui, tmp_path, "long", motion_module="tiny_v3.safetensors", frames=40, context_length=16,
+                    steps=2)
     assert video.shape == (40, 4, 16, 16) and torch.isfinite(video).all()
     with pytest.raises(PromptFailed, match="at most 32 frames"):  # each window is still checked
         comfyui.run_prompt(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors",
@@ -182,7 +194,9 @@ def test_long_videos_run_through_comfyui_context_windows(comfyui, tmp_path):
 def test_comfyui_reads_the_pyproject(comfyui):
     """ComfyUI's own parser of custom-node pyproject files (used for version requirements)."""
     parser = pytest.importorskip("comfy_config.config_parser")
-    config = parser.extract_node_configuration(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    config = parser.extract_node_configuration(
+        os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    )
     assert config.project.name == "comfyui-motionclone"
     assert config.tool_comfy.publisher_id and config.tool_comfy.display_name == "MotionClone"
     assert config.project.supported_comfyui_version == ">=0.8.0"

@@ -37,7 +37,8 @@ def _base(frames: int = FRAMES) -> dict:
         "positive": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 2}},
         "negative": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 3}},
         "reference_prompt": {"class_type": "MotionCloneTestRandomConditioning", "inputs": {"seed": 4}},
-        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": frames}},
+        "latent": {"class_type": "EmptyLatentImage",
+                   "inputs": {"width": WIDTH, "height": HEIGHT, "batch_size": frames}},
         "clip": {"class_type": "MotionCloneTestMovingSquare", "inputs": {"frames": frames, "width": 160, "height": 96}},
         "vae": {"class_type": "MotionCloneTestTinyVAE", "inputs": {"seed": 0}},
     }
@@ -84,7 +85,8 @@ def _branch_nodes(branch: str) -> dict:
                          "inputs": {"weight_up_blocks_1": 500.0, "weight_up_blocks_2": 0.0}},
             "out": _sampler(apply, ["motion_b", 0], 500.0, semantic_guidance=["semantic", 0])},
         "windowed sampler 2000 a": {"out": _sampler(windowed, ["windowed_motion_a", 0], 2000.0)},
-        "windowed guidance 500 b": {"g": _guidance(windowed, ["windowed_motion_b", 0], 500.0), "out": _ksampler(["g", 0])},
+        "windowed guidance 500 b": {"g": _guidance(windowed, ["windowed_motion_b", 0], 500.0),
+                                    "out": _ksampler(["g", 0])},
     }[branch]
 
 
@@ -161,7 +163,9 @@ def _weights(model) -> dict:
 
 
 @pytest.mark.parametrize("memory_mode", ["fast", "low"])
-def test_a_guided_run_leaves_the_model_with_the_weights_it_came_with_and_a_second_run_is_bit_identical(comfyui, memory_mode):
+def test_a_guided_run_leaves_the_model_with_the_weights_it_came_with_and_a_second_run_is_bit_identical(
+    comfyui, memory_mode
+):
     with torch.inference_mode():
         model = _tiny_models(comfyui)
         before = _weights(model)
@@ -182,7 +186,8 @@ def test_an_interrupted_guided_run_also_puts_the_weights_back(comfyui):
     with torch.inference_mode():
         model = _tiny_models(comfyui)
         before = _weights(model)
-        interrupting = comfyui.node("MotionCloneTestInterruptAtCall")().patch(model, 2)[0]  # in the first gradient pass (call 1 is the extraction)
+        # in the first gradient pass (call 1 is the extraction)
+        interrupting = comfyui.node("MotionCloneTestInterruptAtCall")().patch(model, 2)[0]
         with pytest.raises(comfy.model_management.InterruptProcessingException):
             _guided_run(comfyui, interrupting)
         comfy.model_management.interrupt_current_processing(False)
@@ -211,7 +216,8 @@ def _refused(comfyui, prompt: dict, node: str, cause: str) -> None:
 SPLITTERS = {
     "multi-GPU work units": ({"class_type": "MotionCloneTestMultiGPUClone", "inputs": {}},
                              "on a MODEL set up for several GPUs \\('MultiGPU Work Units'\\)"),
-    "core context windows": ({"class_type": "ContextWindowsManual", "inputs": {"context_length": 4, "context_overlap": 1}},
+    "core context windows": ({"class_type": "ContextWindowsManual",
+                              "inputs": {"context_length": 4, "context_overlap": 1}},
                              "through ComfyUI's own context windows"),
 }
 
@@ -237,8 +243,8 @@ def test_every_node_that_reads_or_guides_motion_refuses_split_forwards_at_its_do
     split = _with_splitter(prompt, splitter, ["apply", 0])
     if node == "MotionClone: Extract Motion":
         motion = _extract(prompt, "motion", split, seed=5, timestep=400)
-        out = "motion"
-        prompt["save"] = {"class_type": "MotionCloneSaveMotion", "inputs": {"motion": motion, "filename_prefix": "split"}}
+        prompt["save"] = {"class_type": "MotionCloneSaveMotion",
+                          "inputs": {"motion": motion, "filename_prefix": "split"}}
     elif node == "MotionClone Sampler":
         prompt["out"] = _sampler(split, motion, 2000.0)
     elif node == "MotionClone: Guidance":
@@ -251,9 +257,11 @@ def test_every_node_that_reads_or_guides_motion_refuses_split_forwards_at_its_do
             "model": split, "clip": ["tiny_clip", 0], "prompt": "a square moving right", "subject": "square",
             "threshold": 0.3, "blur_kernel_size": 1, "blur_sigma": 1.0, "centroid_sigma": 5.0, "timestep": 400,
             "seed": 5, "latent": ["encoded", 0]}}
-        prompt["save"] = {"class_type": "MotionCloneTestSaveMask", "inputs": {"mask": ["out", 0], "path": str(tmp_path / "m")}}
+        prompt["save"] = {"class_type": "MotionCloneTestSaveMask",
+                          "inputs": {"mask": ["out", 0], "path": str(tmp_path / "m")}}
     if "save" not in prompt:
-        prompt["save"] = {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["out", 0], "path": str(tmp_path / "x")}}
+        prompt["save"] = {"class_type": "MotionCloneTestSaveLatent",
+                          "inputs": {"samples": ["out", 0], "path": str(tmp_path / "x")}}
     _refused(comfyui, prompt, node, SPLITTERS[splitter][1])
 
 
@@ -265,7 +273,8 @@ def test_guidance_refuses_forwards_split_by_a_node_after_it_before_any_forward(c
     motion = _extract(prompt, "motion", ["apply", 0], seed=5, timestep=400)
     prompt["g"] = _guidance(["apply", 0], motion, 2000.0)
     prompt["out"] = _ksampler(_with_splitter(prompt, splitter, ["g", 0]))
-    prompt["save"] = {"class_type": "MotionCloneTestSaveLatent", "inputs": {"samples": ["out", 0], "path": str(tmp_path / "x")}}
+    prompt["save"] = {"class_type": "MotionCloneTestSaveLatent",
+                      "inputs": {"samples": ["out", 0], "path": str(tmp_path / "x")}}
     import comfy.model_patcher
 
     if splitter == "multi-GPU work units" and not hasattr(comfy.model_patcher.ModelPatcher, "deepclone_multigpu"):
@@ -307,7 +316,9 @@ def _has_dynamic_vram() -> bool:
 
 
 @pytest.mark.parametrize("memory_mode", ["fast", "low"])
-def test_a_guided_run_on_a_dynamic_vram_model_samples_its_classic_delegate_with_the_classic_result(comfyui, memory_mode):
+def test_a_guided_run_on_a_dynamic_vram_model_samples_its_classic_delegate_with_the_classic_result(
+    comfyui, memory_mode
+):
     if not _has_dynamic_vram():
         pytest.skip(f"ComfyUI {comfyui.version} has no dynamic VRAM (ModelPatcher.clone takes no disable_dynamic)")
     motion_model = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
@@ -321,7 +332,8 @@ def test_a_guided_run_on_a_dynamic_vram_model_samples_its_classic_delegate_with_
                                  memory_mode=memory_mode)
         dynamic = animated(_dynamic_vram_double(comfyui))
         assert dynamic.is_dynamic()
-        forwards = []  # every layer of the dynamic model's UNet: memory modes patch layers, which must be the delegate's
+        # every layer of the dynamic model's UNet: memory modes patch layers, which must be the delegate's
+        forwards = []
         hooks = [layer.register_forward_pre_hook(lambda *a: forwards.append(torch.is_grad_enabled()))
                  for layer in dynamic.model.diffusion_model.modules()]
         try:
@@ -329,7 +341,8 @@ def test_a_guided_run_on_a_dynamic_vram_model_samples_its_classic_delegate_with_
         finally:
             for hook in hooks:
                 hook.remove()
-    assert forwards and not any(forwards)  # the dynamic model only read the reference (extraction), never a gradient pass
+    # the dynamic model only read the reference (extraction), never a gradient pass
+    assert forwards and not any(forwards)
     assert torch.equal(classic, delegated)
 
 
@@ -342,7 +355,8 @@ def test_guidance_on_a_dynamic_vram_model_returns_its_classic_delegate_and_a_loa
         _, motion = _guided_run(comfyui, _tiny_models(comfyui))
         for reloadable in (True, False):
             model = comfyui.node("MotionCloneApplyAnimateDiff").execute(
-                model=_dynamic_vram_double(comfyui, reloadable), motion_model=motion_model, beta_schedule="sqrt_linear").args[0]
+                model=_dynamic_vram_double(comfyui, reloadable), motion_model=motion_model,
+                beta_schedule="sqrt_linear").args[0]
             guide = comfyui.node("MotionCloneGuidance").execute
             settings = {"model": model, "motion": motion, "motion_weight": 2000.0, "guided_fraction": 0.3,
                         "warm_up_steps": 1, "cool_down_steps": 1}
@@ -352,6 +366,7 @@ def test_guidance_on_a_dynamic_vram_model_returns_its_classic_delegate_and_a_loa
                 assert guided.model is not model.model and guided.get_wrappers("predict_noise", "motionclone_guidance")
                 assert guided.get_additional_models_with_key("motionclone")  # the motion modules came along
             else:
-                with pytest.raises(IncompatibleModelError, match="loaded with dynamic VRAM by a loader that cannot reload it without"
+                with pytest.raises(IncompatibleModelError,
+                                   match="loaded with dynamic VRAM by a loader that cannot reload it without"
                                    ".*start ComfyUI with --disable-dynamic-vram"):
                     guide(**settings)

@@ -6,14 +6,13 @@ import pytest
 import safetensors.torch
 import torch
 from comfy_harness import PromptFailed, loaded_pack_module
+from long_video_runs import kept_for_backward_of_a_guided_run
 from prompts import (
     extract_prompt,
     guidance_ksampler_prompt,
     motionclone_prompt,
     video_prompt,
 )
-
-from long_video_runs import kept_for_backward_of_a_guided_run
 
 
 def _latent(path) -> torch.Tensor:
@@ -42,7 +41,9 @@ def with_frames(prompt: dict, frames: int) -> dict:
 def _models(comfyui, length=16, overlap=4, schedule="uniform", fusion="pyramid"):
     model = comfyui.node("MotionCloneTestTinySD15")().build(seed=1)[0]
     motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-    plain = comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+    plain = comfyui.node("MotionCloneApplyAnimateDiff").execute(
+        model=model, motion_model=motion, beta_schedule="sqrt_linear"
+    ).args[0]
     windowed = comfyui.node("MotionCloneContextWindows").execute(model=plain, length=length, overlap=overlap,
                                                                   schedule=schedule, fusion=fusion).args[0]
     return plain, windowed
@@ -85,11 +86,14 @@ def test_stock_ksampler_samples_40_frames_in_windows_on_both_versions(comfyui, t
 
 
 def test_without_windows_40_frames_are_refused_and_the_error_names_the_node(comfyui, tmp_path):
-    with pytest.raises(PromptFailed, match="40 frames but the motion module supports at most 32.*'MotionClone: Context Windows'"):
-        comfyui.run_prompt(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors", frames=40, steps=1))
+    with pytest.raises(PromptFailed,
+                       match="40 frames but the motion module supports at most 32.*'MotionClone: Context Windows'"):
+        comfyui.run_prompt(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors",
+                                        frames=40, steps=1))
     with pytest.raises(PromptFailed, match="'length' is 33 frames, but the motion module .* at most 32"):
-        comfyui.run_prompt(with_windows(video_prompt(str(tmp_path / "x.safetensors"), motion_module="tiny_v3.safetensors",
-                                                     frames=40, steps=1), length=33))
+        comfyui.run_prompt(with_windows(video_prompt(str(tmp_path / "x.safetensors"),
+                                                     motion_module="tiny_v3.safetensors", frames=40, steps=1),
+                                        length=33))
 
 
 def test_windowed_extraction_holds_one_entry_per_window_and_guides_a_long_clip(comfyui, tmp_path):
@@ -110,7 +114,8 @@ def test_windowed_extraction_holds_one_entry_per_window_and_guides_a_long_clip(c
 def test_guidance_and_ksampler_guide_a_long_clip_window_by_window(comfyui, tmp_path):
     runs = {}
     for weight in (0.0, 2000.0):
-        prompt = guidance_ksampler_prompt(str(tmp_path / f"{weight}.safetensors"), str(tmp_path / "r.json"), weight=weight, steps=4)
+        prompt = guidance_ksampler_prompt(str(tmp_path / f"{weight}.safetensors"), str(tmp_path / "r.json"),
+                                          weight=weight, steps=4)
         prompt["sample"]["inputs"]["model"] = ["guidance", 0]  # the loss probe reads all frames at once
         del prompt["probe"]
         comfyui.run_prompt(with_windows(with_frames(prompt, 40)))
@@ -128,7 +133,8 @@ def test_a_motion_read_in_other_windows_is_refused_naming_both_layouts_and_the_f
     prompt["windows2"] = {"class_type": "MotionCloneContextWindows", "inputs": {
         "model": ["apply", 0], "length": 16, "overlap": 8, "schedule": "uniform", "fusion": "pyramid"}}
     with pytest.raises(PromptFailed, match=r"read in 4 windows of 16 frames \(overlap 8, uniform\) of its 40 frames, "
-                       r"but this MODEL samples its 40 frames in 3 windows of 16 frames \(overlap 4, uniform\)\. Wire the same "
+                       r"but this MODEL samples its 40 frames in 3 windows of 16 frames \(overlap 4, uniform\)\. "
+                       "Wire the same "
                        "'MotionClone: Context Windows' node before both 'Extract Motion' and the sampler") as error:
         comfyui.run_prompt(prompt)
     assert error.value.details["exception_type"].endswith("MotionMismatchError")
@@ -153,7 +159,9 @@ def test_one_window_covering_the_clip_is_bit_identical_to_window_free_sampling(c
 def test_ksampler_with_one_window_is_bit_identical_to_window_free(comfyui, tmp_path):
     plain, windowed = tmp_path / "plain.safetensors", tmp_path / "windowed.safetensors"
     comfyui.run_prompt(video_prompt(str(plain), motion_module="tiny_v3.safetensors", frames=16, steps=2))
-    comfyui.run_prompt(with_windows(video_prompt(str(windowed), motion_module="tiny_v3.safetensors", frames=16, steps=2)))
+    comfyui.run_prompt(
+        with_windows(video_prompt(str(windowed), motion_module="tiny_v3.safetensors", frames=16, steps=2))
+    )
     assert torch.equal(_latent(plain), _latent(windowed))
 
 

@@ -7,9 +7,9 @@ import os
 import numpy as np
 import pytest
 import torch
+from comfy_harness import PromptFailed
 
 from motionclone.toyworld import ClipSpec, ShapeSpec, render_clip
-from comfy_harness import PromptFailed
 
 NODE = "MotionCloneMotionFidelity"
 
@@ -27,7 +27,9 @@ def _cut(frames: int = 24, cut: int = 12, size: int = 64):
 
 
 def _pan(pan, frames: int = 8, size: int = 64, texture_seed: int = 1):
-    return render_clip(ClipSpec((), frames, size, size, pan=pan, background="texture", texture_seed=texture_seed)).frames
+    return render_clip(
+        ClipSpec((), frames, size, size, pan=pan, background="texture", texture_seed=texture_seed)
+    ).frames
 
 
 @pytest.fixture(scope="module")

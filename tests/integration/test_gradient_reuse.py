@@ -10,7 +10,6 @@ import weakref
 import pytest
 import safetensors.torch
 import torch
-
 from comfy_harness import loaded_pack_module
 from inversion_prompts import semantic_prompt
 from prompts import guidance_ksampler_prompt, motionclone_prompt
@@ -99,7 +98,8 @@ def test_sampler_runs_the_gradient_pass_on_every_nth_guided_step(comfyui, tmp_pa
     assert calls[0:10:2] == computing and not any(calls[1:10:2]) and not any(calls[10:])
     assert outputs["sample"]["gradient_reused"] == [not c for c in computing]
     losses = outputs["sample"]["motion_loss"]
-    assert len(losses) == 5 and all(math.isfinite(loss) and loss > 0 for loss in losses)  # measured on reusing steps too
+    # measured on reusing steps too
+    assert len(losses) == 5 and all(math.isfinite(loss) and loss > 0 for loss in losses)
     assert f"Gradient passes at {sum(computing)} of 5 guided steps" in outputs["sample"]["text"][0]
 
     assert [s["plan"].index for s in recorder.steps] == list(range(5))
@@ -129,9 +129,11 @@ def test_guidance_with_a_stock_ksampler_reuses_between_gradient_passes(comfyui, 
     """dpm_2 also evaluates the model at a sigma between two of the schedule's: unguided, it counts no step."""
     recorder = StepRecorder(monkeypatch)
     report = tmp_path / "graph.json"
-    prompt = guidance_ksampler_prompt(str(tmp_path / "x.safetensors"), str(tmp_path / "loss.json"), weight=2000.0, steps=8)
+    prompt = guidance_ksampler_prompt(str(tmp_path / "x.safetensors"), str(tmp_path / "loss.json"), weight=2000.0,
+                                      steps=8)
     prompt["guidance"]["inputs"].update({"gradient_every": 2, "warm_up_steps": 3, "cool_down_steps": 1})
-    prompt["graph"] = {"class_type": "MotionCloneTestGraphProbe", "inputs": {"model": ["probe", 0], "report_path": str(report)}}
+    prompt["graph"] = {"class_type": "MotionCloneTestGraphProbe",
+                       "inputs": {"model": ["probe", 0], "report_path": str(report)}}
     prompt["sample"]["inputs"].update({"model": ["graph", 0], "sampler_name": sampler})
     comfyui.run_prompt(prompt)
 

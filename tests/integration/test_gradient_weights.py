@@ -7,7 +7,6 @@ import os
 import pytest
 import safetensors.torch
 import torch
-
 from comfy_harness import loaded_pack_module
 from prompts import FRAMES
 
@@ -59,7 +58,7 @@ def _first_gradient(comfyui, lora: str | None, copy_first: bool) -> dict:
     def loss_fn(capture):
         return sum(((p - torch.eye(p.shape[-1])) ** 2).mean() for p in capture.probs.values())
 
-    def predict_noise(executor, x, timestep, model_options={}, seed=None):
+    def predict_noise(executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
         if "grad" not in found:
             guider = executor.class_obj
             run = patching.current_run(model_options)
@@ -77,8 +76,12 @@ def _first_gradient(comfyui, lora: str | None, copy_first: bool) -> dict:
         if lora:
             model = comfyui.node("LoraLoaderModelOnly")().load_lora_model_only(model, lora, 1.0)[0]
         motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-        patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_weights", predict_noise)
+        patched = comfyui.node("MotionCloneApplyAnimateDiff").execute(
+            model=model, motion_model=motion, beta_schedule="sqrt_linear"
+        ).args[0]
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_weights", predict_noise
+        )
         positive = comfyui.node("MotionCloneTestRandomConditioning")().build(2)[0]
         negative = comfyui.node("MotionCloneTestRandomConditioning")().build(3)[0]
         latent = {"samples": torch.zeros(FRAMES, 4, 16, 16)}

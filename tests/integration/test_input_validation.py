@@ -16,7 +16,6 @@ import pytest
 import safetensors
 import safetensors.torch
 import torch
-
 from comfy_harness import PromptFailed
 from inversion_prompts import semantic_prompt
 from prompts import extract_prompt, motionclone_prompt
@@ -38,7 +37,8 @@ def good_run(comfyui, tmp_path_factory):
         path = str(folder / f"after_{len(runs)}.safetensors")
         runs.append(path)
         comfyui.run_prompt(motionclone_prompt(path, motion_file="valid_00001_.safetensors"))
-        assert torch.equal(safetensors.torch.load_file(path)["samples"], safetensors.torch.load_file(baseline)["samples"])
+        assert torch.equal(safetensors.torch.load_file(path)["samples"],
+                           safetensors.torch.load_file(baseline)["samples"])
 
     return check_next_run_identical
 
@@ -87,8 +87,8 @@ def test_a_motion_with_a_wrong_position_axis_is_refused(comfyui, good_run, tmp_p
 
     name = _motion_file(comfyui, "half_positions.safetensors", halve_positions)
     _refused(comfyui, motionclone_prompt(str(tmp_path / "out.safetensors"), motion_file=name),
-             "half_positions.safetensors", "attention_blocks.0", "values of shape (8, 8, 4, 1)", "expected (positions, heads, 4, 1) = (16, 8, 4, 1)",
-             "Extract the motion again")
+             "half_positions.safetensors", "attention_blocks.0", "values of shape (8, 8, 4, 1)",
+             "expected (positions, heads, 4, 1) = (16, 8, 4, 1)", "Extract the motion again")
     good_run()
 
 
@@ -122,7 +122,8 @@ def _with_first_entry(value):
 @pytest.mark.parametrize("case, change, fragments", [
     ("negative_indices", _changed(".indices", lambda j: _with_first_entry(-1)(j.to(torch.int16))),
      ("key-frame indices out of range", "expected 0..3")),
-    ("float_indices", _changed(".indices", lambda j: j.float()), ("key-frame indices are torch.float32", "integer type")),
+    ("float_indices", _changed(".indices", lambda j: j.float()),
+     ("key-frame indices are torch.float32", "integer type")),
     ("nan_values", _changed(".values", _with_first_entry(math.nan)), ("not finite probabilities",)),
     ("infinite_frames", lambda tensors, metadata: metadata.update(frames=math.inf), ("'frames'", "float inf")),
 ])
@@ -181,7 +182,8 @@ def test_a_safetensors_motion_module_renamed_ckpt_loads(comfyui, good_run, tmp_p
     renamed, original = str(tmp_path / "renamed.safetensors"), str(tmp_path / "original.safetensors")
     comfyui.run_prompt(motionclone_prompt(renamed, motion_module="tiny_v3_renamed.ckpt"))
     comfyui.run_prompt(motionclone_prompt(original))
-    assert torch.equal(safetensors.torch.load_file(renamed)["samples"], safetensors.torch.load_file(original)["samples"])
+    assert torch.equal(safetensors.torch.load_file(renamed)["samples"],
+                       safetensors.torch.load_file(original)["samples"])
 
 
 def test_too_many_reference_frames_name_the_frames_input(comfyui, good_run, tmp_path):
@@ -200,8 +202,8 @@ def test_a_motion_of_another_motion_module_family_is_shown_on_the_sampler(comfyu
 
 
 @pytest.mark.parametrize("prefix, fragment", [
-    ("", "is empty"), ("   ", "is empty"), ("a" * 300, "longer than 100 characters"), ("bad\x00name", "control character"),
-    ("walks/.hidden", "starting with '.'"),
+    ("", "is empty"), ("   ", "is empty"), ("a" * 300, "longer than 100 characters"),
+    ("bad\x00name", "control character"), ("walks/.hidden", "starting with '.'"),
 ])
 def test_bad_save_motion_prefixes_are_refused(comfyui, good_run, prefix, fragment):
     folder = os.path.join(comfyui.models_dir, "motionclone")

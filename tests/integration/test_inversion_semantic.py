@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 import safetensors.torch
-
 from comfy_harness import PromptFailed
-from inversion_prompts import NEW_TEXT, REFERENCE_TEXT, _reference_nodes, mask_nodes, reconstruction_prompt, semantic_prompt
+from inversion_prompts import (
+    NEW_TEXT,
+    REFERENCE_TEXT,
+    _reference_nodes,
+    mask_nodes,
+    reconstruction_prompt,
+    semantic_prompt,
+)
 from prompts import FRAMES, HEIGHT, WIDTH
 
 
@@ -33,8 +39,10 @@ def test_inversion_then_ddim_sampling_reconstructs_the_clip(comfyui, tmp_path):
 def test_mask_node_gives_a_previewable_mask_of_the_clip(comfyui, tmp_path):
     prompt: dict = {}
     model, clip, latent = _reference_nodes(prompt)
-    mask_nodes(prompt, model, clip, {"latent": latent}, name="mask", text=REFERENCE_TEXT, subject="square", blur_kernel_size=3)
-    prompt["save"] = {"class_type": "MotionCloneTestSaveMask", "inputs": {"mask": ["mask", 0], "path": str(tmp_path / "m.safetensors")}}
+    mask_nodes(prompt, model, clip, {"latent": latent}, name="mask", text=REFERENCE_TEXT, subject="square",
+               blur_kernel_size=3)
+    prompt["save"] = {"class_type": "MotionCloneTestSaveMask",
+                      "inputs": {"mask": ["mask", 0], "path": str(tmp_path / "m.safetensors")}}
     outputs = comfyui.run_prompt(prompt)
     mask = _load(tmp_path / "m.safetensors", "mask")
     assert mask.shape == (FRAMES, HEIGHT, WIDTH)
@@ -90,7 +98,8 @@ def test_motion_from_an_inversion_needs_the_samplers_schedule(comfyui, tmp_path)
     outputs = comfyui.run_prompt(prompt)
     assert len(outputs["sample"]["motion_loss"]) == 3
     prompt["extract"]["inputs"]["guided_steps"] = 4
-    with pytest.raises(PromptFailed, match=r"holds entries for 4 guided timesteps \(t=999..700\), but this sampler guides 3.*same steps, guided_steps"):
+    with pytest.raises(PromptFailed, match=r"holds entries for 4 guided timesteps \(t=999..700\), "
+                                           r"but this sampler guides 3.*same steps, guided_steps"):
         comfyui.run_prompt(prompt)
 
 
@@ -105,7 +114,8 @@ def test_guidance_patch_takes_semantic_guidance_with_a_stock_ksampler(comfyui, t
             **({"semantic_guidance": ["semantic", 0]} if semantic else {})}}
         prompt["sample"] = {"class_type": "SamplerCustom", "inputs": {
             "model": ["guidance", 0], "add_noise": True, "noise_seed": 5, "cfg": 8.5, "positive": ["new_text", 0],
-            "negative": ["negative_text", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0], "latent_image": ["empty", 0]}}
+            "negative": ["negative_text", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0],
+            "latent_image": ["empty", 0]}}
         prompt["select"] = {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "ddim"}}
         prompt["schedule"] = {"class_type": "MotionCloneScheduler", "inputs": {
             "model": ["apply", 0], "steps": 6, "guided_steps": 3, "guided_fraction": 0.3}}

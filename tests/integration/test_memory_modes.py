@@ -8,7 +8,6 @@ import weakref
 import pytest
 import safetensors.torch
 import torch
-
 from inversion_prompts import semantic_prompt
 from prompts import guidance_ksampler_prompt, motionclone_prompt, plain_ddim_prompt
 
@@ -55,7 +54,8 @@ def _semantic_guidance_prompt(path, mode: str | None) -> dict:
         "model": ["apply", 0], "steps": 6, "guided_steps": 3, "guided_fraction": 0.3}}
     prompt["sample"] = {"class_type": "SamplerCustom", "inputs": {
         "model": ["guidance", 0], "add_noise": True, "noise_seed": 5, "cfg": 8.5, "positive": ["new_text", 0],
-        "negative": ["negative_text", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0], "latent_image": ["empty", 0]}}
+        "negative": ["negative_text", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0],
+        "latent_image": ["empty", 0]}}
     return prompt
 
 
@@ -143,5 +143,6 @@ def test_recomputing_modes_keep_fewer_bytes_for_backward(comfyui, tmp_path):
 def test_auto_picks_fast_when_memory_is_plentiful_and_logs_it(comfyui, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="MotionClone"):
         comfyui.run_prompt(_sampler_prompt(tmp_path / "auto.safetensors", "auto"))
-    chosen = [r.getMessage() for r in caplog.records if r.name == "MotionClone" and "memory_mode auto chose" in r.getMessage()]
+    chosen = [r.getMessage() for r in caplog.records
+              if r.name == "MotionClone" and "memory_mode auto chose" in r.getMessage()]
     assert len(chosen) == 1 and chosen[0].startswith("memory_mode auto chose fast for 4 frames of 16x16 latent"), chosen

@@ -6,7 +6,6 @@ import logging
 import os
 
 import pytest
-
 from comfy_harness import loaded_pack_module
 
 FOLDERS = {"animatediff_models": {".ckpt", ".safetensors"}, "motionclone": {".safetensors"}}

@@ -7,7 +7,6 @@ import os
 
 import pytest
 import safetensors.torch
-
 from comfy_harness import PromptFailed
 from prompts import extract_prompt, guidance_ksampler_prompt, motionclone_prompt, plain_ddim_prompt
 
@@ -41,7 +40,8 @@ def test_weight_zero_is_plain_ddim_bit_for_bit(comfyui, tmp_path):
 def test_guidance_lowers_the_motion_loss(comfyui, tmp_path):
     runs = {}
     for weight in (0.0, 2000.0):
-        outputs = comfyui.run_prompt(motionclone_prompt(str(tmp_path / f"{weight}.safetensors"), weight=weight, steps=8, guided_steps=5))
+        outputs = comfyui.run_prompt(motionclone_prompt(str(tmp_path / f"{weight}.safetensors"), weight=weight, steps=8,
+                                                        guided_steps=5))
         runs[weight] = outputs["sample"]["motion_loss"]
     assert runs[0.0][0] == pytest.approx(runs[2000.0][0], rel=1e-5)  # same seed, same start
     assert runs[2000.0][-1] < 0.8 * runs[0.0][-1]
@@ -51,7 +51,8 @@ def test_guidance_patch_with_stock_ksampler_lowers_the_motion_loss(comfyui, tmp_
     final_losses = {}
     for weight in (0.0, 2000.0):
         report = tmp_path / f"probe_{weight}.json"
-        comfyui.run_prompt(guidance_ksampler_prompt(str(tmp_path / "out.safetensors"), str(report), weight=weight, steps=8))
+        comfyui.run_prompt(guidance_ksampler_prompt(str(tmp_path / "out.safetensors"), str(report), weight=weight,
+                                                    steps=8))
         records = json.loads(report.read_text())
         assert len(records) == 8
         band = [r for r in records if _timestep(r["sigma"]) >= 500]  # guided_fraction 0.5
@@ -83,7 +84,8 @@ def test_guidance_patch_with_euler_follows_the_sampler(comfyui, tmp_path):
         "select": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
         "sample": {"class_type": "SamplerCustom", "inputs": {
             "model": ["guidance", 0], "add_noise": True, "noise_seed": 5, "cfg": 8.5, "positive": ["positive", 0],
-            "negative": ["negative", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0], "latent_image": ["latent", 0]}},
+            "negative": ["negative", 0], "sampler": ["select", 0], "sigmas": ["schedule", 0],
+            "latent_image": ["latent", 0]}},
     })
     comfyui.run_prompt(prompt)
     unguided = str(tmp_path / "unguided.safetensors")
@@ -142,7 +144,8 @@ def test_load_motion_rejects_newer_or_damaged_files(comfyui, tmp_path, damage, e
 
 def test_gradient_pass_keeps_a_graph_only_up_to_the_guided_blocks(comfyui, tmp_path):
     report = tmp_path / "graph.json"
-    comfyui.run_prompt(motionclone_prompt(str(tmp_path / "x.safetensors"), steps=4, guided_steps=2, graph_report=str(report)))
+    comfyui.run_prompt(motionclone_prompt(str(tmp_path / "x.safetensors"), steps=4, guided_steps=2,
+                                          graph_report=str(report)))
     calls = json.loads(report.read_text())
     assert len(calls) == 2 * 2 + 2  # guided steps: cond (gradient) and uncond calls; plain steps: one batched call
     for record in (calls[0], calls[2]):  # up_blocks.1 = output_blocks 3..5; its last motion module ends the graph
@@ -173,7 +176,8 @@ def test_extraction_without_clip_or_conditioning_says_what_to_connect(comfyui, t
 def test_crop_and_stretch_extract_different_motions_of_the_same_size(comfyui, tmp_path):
     losses = {}
     for resize in ("stretch", "crop"):
-        outputs = comfyui.run_prompt(motionclone_prompt(str(tmp_path / f"{resize}.safetensors"), weight=0.0, resize=resize))
+        outputs = comfyui.run_prompt(motionclone_prompt(str(tmp_path / f"{resize}.safetensors"), weight=0.0,
+                                                        resize=resize))
         losses[resize] = outputs["sample"]["motion_loss"]
         assert "latent 16x16" in outputs["extract"]["text"][0]
     assert losses["stretch"] != losses["crop"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import safetensors.torch
 import torch
-
 from comfy_harness import loaded_pack_module
 from prompts import FRAMES, motionclone_prompt, video_prompt
 from tiny_models import TINY_CHANNELS, tiny_motion_state_dict
@@ -20,7 +19,9 @@ def _load(comfyui, motion_module="tiny_v3.safetensors"):
 
 
 def _apply(comfyui, model, motion):
-    return comfyui.node("MotionCloneApplyAnimateDiff").execute(model=model, motion_model=motion, beta_schedule="sqrt_linear").args[0]
+    return comfyui.node("MotionCloneApplyAnimateDiff").execute(
+        model=model, motion_model=motion, beta_schedule="sqrt_linear"
+    ).args[0]
 
 
 def _tiny_unet(comfyui, weight_dtype="default"):
@@ -42,7 +43,9 @@ def _ksample(comfyui, model):
     positive = comfyui.node("MotionCloneTestRandomConditioning")().build(2)[0]
     negative = comfyui.node("MotionCloneTestRandomConditioning")().build(3)[0]
     latent = {"samples": torch.zeros(FRAMES, 4, 16, 16)}
-    return comfyui.node("KSampler")().sample(model, 3, 3, 7.5, "ddim", "ddim_uniform", positive, negative, latent)[0]["samples"]
+    return comfyui.node("KSampler")().sample(
+        model, 3, 3, 7.5, "ddim", "ddim_uniform", positive, negative, latent
+    )[0]["samples"]
 
 
 def test_loader_builds_comfy_layers_in_comfyuis_unet_dtype(comfyui):
@@ -52,7 +55,9 @@ def test_loader_builds_comfy_layers_in_comfyuis_unet_dtype(comfyui):
     linears = [m for m in motion.modules() if isinstance(m, torch.nn.Linear)]
     norms = [m for m in motion.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.GroupNorm))]
     assert linears and all(type(m) is comfy.ops.disable_weight_init.Linear for m in linears)
-    assert {type(m) for m in norms} == {comfy.ops.disable_weight_init.LayerNorm, comfy.ops.disable_weight_init.GroupNorm}
+    assert {type(m) for m in norms} == {
+        comfy.ops.disable_weight_init.LayerNorm, comfy.ops.disable_weight_init.GroupNorm
+    }
     assert all(hasattr(m, "comfy_cast_weights") for m in linears + norms)  # what low-VRAM partial loading looks for
     assert motion.weight_dtype == torch.float32 and motion.compute_dtype is None  # ComfyUI's choice on a CPU
 
@@ -81,7 +86,8 @@ def test_apply_converts_the_motion_module_to_the_models_fp16_storage_with_fp32_c
     fp16_model = _tiny_unet(comfyui, "fp16")
     assert (fp16_model.model.get_dtype(), fp16_model.model.manual_cast_dtype) == (torch.float16, torch.float32)
     converted = patching.motion_model_of(_apply(comfyui, fp16_model, motion))
-    assert converted is not motion.model and motion.model.weight_dtype == torch.float32  # the loader's output is untouched
+    # the loader's output is untouched
+    assert converted is not motion.model and motion.model.weight_dtype == torch.float32
     assert converted.weight_dtype == torch.float16 and converted.compute_dtype == torch.float32
     assert all(type(m) is comfy.ops.manual_cast.Linear for m in converted.modules() if isinstance(m, torch.nn.Linear))
     same = patching.motion_model_of(_apply(comfyui, _tiny_unet(comfyui), motion))
@@ -129,7 +135,9 @@ def test_fp8_storage_samples_and_guides(comfyui, tmp_path, fp8_unet_flag):
     assert motion.weight_dtype == torch.float8_e4m3fn and motion.compute_dtype == torch.float32
     norm = motion.up_blocks[1].motion_modules[0].temporal_transformer.norm
     assert norm.weight.dtype == torch.float8_e4m3fn and norm.comfy_cast_weights  # plain GroupNorm has no fp8 kernel
-    assert patching.motion_model_of(_apply(comfyui, _tiny_unet(comfyui, "fp8_e4m3fn"), _load(comfyui))).weight_dtype == torch.float8_e4m3fn
+    assert patching.motion_model_of(
+        _apply(comfyui, _tiny_unet(comfyui, "fp8_e4m3fn"), _load(comfyui))
+    ).weight_dtype == torch.float8_e4m3fn
     unguided, guided = tmp_path / "unguided.safetensors", tmp_path / "guided.safetensors"
     unguided_losses = comfyui.run_prompt(_fp8_prompt(unguided, 0.0))["sample"]["motion_loss"]
     losses = comfyui.run_prompt(_fp8_prompt(guided, 2000.0))["sample"]["motion_loss"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from comfy_harness import PromptFailed
 
 CLIP_FPS, CLIP_FRAMES = 30, 60  # two seconds of a phone clip
@@ -40,8 +39,10 @@ def _prompt(clip_name: str, **select) -> dict:
         "components": {"class_type": "GetVideoComponents", "inputs": {"video": ["load", 0]}},
         "select": {"class_type": "MotionCloneSelectFrames",
                    "inputs": {"images": ["components", 0], "fps": ["components", 2], **settings}},
-        "save_clip": {"class_type": "SaveImage", "inputs": {"images": ["components", 0], "filename_prefix": "select/clip"}},
-        "save_selection": {"class_type": "SaveImage", "inputs": {"images": ["select", 0], "filename_prefix": "select/kept"}},
+        "save_clip": {"class_type": "SaveImage",
+                      "inputs": {"images": ["components", 0], "filename_prefix": "select/clip"}},
+        "save_selection": {"class_type": "SaveImage",
+                           "inputs": {"images": ["select", 0], "filename_prefix": "select/kept"}},
         "video": {"class_type": "CreateVideo", "inputs": {"images": ["select", 0], "fps": ["select", 1]}},
         "save_video": {"class_type": "SaveVideo", "inputs": {"video": ["video", 0], "filename_prefix": "select/video"}},
     }
@@ -94,4 +95,6 @@ def test_a_clip_shorter_than_the_span_is_refused_naming_the_input(comfyui, clip_
 def test_a_nan_number_is_refused_by_name_through_the_node(comfyui, clip_name, name):
     """NaN passes ComfyUI's min/max validation of a FLOAT widget (every comparison with it is false)."""
     with pytest.raises(PromptFailed, match=f"'{name}' is nan; it must be a finite number. Type a number into '{name}'"):
-        comfyui.run_prompt(_prompt(clip_name, **{name: float("nan"), "mode": "fps" if name == "target_fps" else "span"}))
+        comfyui.run_prompt(
+            _prompt(clip_name, **{name: float("nan"), "mode": "fps" if name == "target_fps" else "span"})
+        )

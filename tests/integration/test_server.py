@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import safetensors.torch
-
 from prompts import FRAMES, motionclone_prompt, video_prompt
 
-NODE_IDS = ("MotionCloneLoadAnimateDiff", "MotionCloneApplyAnimateDiff", "MotionCloneExtractMotion", "MotionCloneSaveMotion",
-            "MotionCloneLoadMotion", "MotionCloneSampler", "MotionCloneScheduler", "MotionCloneGuidance")
+NODE_IDS = ("MotionCloneLoadAnimateDiff", "MotionCloneApplyAnimateDiff", "MotionCloneExtractMotion",
+            "MotionCloneSaveMotion", "MotionCloneLoadMotion", "MotionCloneSampler", "MotionCloneScheduler",
+            "MotionCloneGuidance")
 
 
 def test_object_info_lists_the_nodes_with_tooltips(server):
@@ -19,7 +19,9 @@ def test_object_info_lists_the_nodes_with_tooltips(server):
         inputs = {**info["input"]["required"], **info["input"].get("optional", {})}
         for name, spec in inputs.items():
             assert spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip in /object_info"
-    motion_input = server.get("/object_info/MotionCloneLoadAnimateDiff")["MotionCloneLoadAnimateDiff"]["input"]["required"]["motion_module"]
+    motion_input = server.get(
+        "/object_info/MotionCloneLoadAnimateDiff"
+    )["MotionCloneLoadAnimateDiff"]["input"]["required"]["motion_module"]
     assert "tiny_v3.safetensors" in json.dumps(motion_input), "models/animatediff_models is not registered"
 
 

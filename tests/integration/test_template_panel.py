@@ -12,8 +12,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from comfy_server import PACK_FOLDER_NAME
+
 from workflows import WORKFLOWS_DIR, workflow_paths
 
 WORKFLOWS = workflow_paths()

@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 
 import pytest
-
 from comfy_harness import PACK_ROOT
 from comfy_server import PACK_FOLDER_NAME
+
 from workflows import workflow_paths
 
 pytestmark = pytest.mark.browser
@@ -43,8 +43,9 @@ def panel(server):
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         page.goto(server.url)
-        page.wait_for_function("() => !!(window.app && app.graph && LiteGraph.registered_node_types.MotionCloneSampler)",
-                               timeout=60_000)
+        page.wait_for_function(
+            "() => !!(window.app && app.graph && LiteGraph.registered_node_types.MotionCloneSampler)", timeout=60_000
+        )
         page.wait_for_function("() => document.querySelector('.p-blockui-mask') === null", timeout=30_000)
         page.get_by_role("button", name="Templates").first.click()
         page.get_by_text(PACK_FOLDER_NAME, exact=True).first.click(timeout=30_000)

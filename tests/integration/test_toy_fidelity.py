@@ -8,7 +8,6 @@ relative to the unguided clip, not to an absolute level."""
 from __future__ import annotations
 
 import pytest
-
 import toy_fidelity_runs as fidelity
 
 CASES = (fidelity.CASES[0], fidelity.CASES[2])  # a red circle moving right, a cyan triangle moving down

@@ -12,11 +12,22 @@ import json
 import re
 
 import pytest
-
 from comfy_server import PACK_FOLDER_NAME
-from workflows import (CPU_OVERRIDES, CPU_READY_WORKFLOWS, FRONTEND_ONLY_NODES, WINDOWED_CPU_OVERRIDES,
-                       cpu_overrides_for, load_workflow, named_widget_values, to_api_prompt, uses_context_windows,
-                       validate_workflow, with_cpu_overrides, workflow_paths)
+
+from workflows import (
+    CPU_OVERRIDES,
+    CPU_READY_WORKFLOWS,
+    FRONTEND_ONLY_NODES,
+    WINDOWED_CPU_OVERRIDES,
+    cpu_overrides_for,
+    load_workflow,
+    named_widget_values,
+    to_api_prompt,
+    uses_context_windows,
+    validate_workflow,
+    with_cpu_overrides,
+    workflow_paths,
+)
 
 OUTPUT_SIZE = (CPU_OVERRIDES["width"], CPU_OVERRIDES["height"])
 
@@ -25,7 +36,8 @@ OFFICIAL = {
     ("MotionCloneExtractMotion", "width"): {512}, ("MotionCloneExtractMotion", "height"): {512},
     ("MotionCloneExtractMotion", "timestep"): {400}, ("MotionCloneExtractMotion", "top_k"): {1},
     ("MotionCloneExtractMotion", "blocks"): {"up_blocks.1"},
-    ("EmptyLatentImage", "width"): {512}, ("EmptyLatentImage", "height"): {512}, ("EmptyLatentImage", "batch_size"): {16},
+    ("EmptyLatentImage", "width"): {512}, ("EmptyLatentImage", "height"): {512},
+    ("EmptyLatentImage", "batch_size"): {16},
     ("MotionCloneSampler", "cfg"): {8.5}, ("KSampler", "cfg"): {8.5},
     ("MotionCloneSampler", "motion_weight"): {2000}, ("MotionCloneGuidance", "motion_weight"): {2000},
     ("MotionCloneSampler", "warm_up_steps"): {10}, ("MotionCloneSampler", "cool_down_steps"): {10},
@@ -72,17 +84,24 @@ def test_validation_names_the_node_and_widget_of_each_breakage(object_info):
     cases = {
         "stale widgets": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].pop()),
                           "(MotionCloneSampler): 10 widget values for 11 widgets (seed, control_after_generate, steps"),
-        "out of range": (_broken(workflow, "MotionCloneExtractMotion", lambda n, w: n["widgets_values"].__setitem__(3, 1000)),
+        "out of range": (_broken(workflow, "MotionCloneExtractMotion",
+                                 lambda n, w: n["widgets_values"].__setitem__(3, 1000)),
                          "(MotionCloneExtractMotion): widget 'timestep' = 1000 is above the maximum 999"),
-        "not in list": (_broken(workflow, "MotionCloneExtractMotion", lambda n, w: n["widgets_values"].__setitem__(5, "up_blocks.3")),
+        "not in list": (_broken(workflow, "MotionCloneExtractMotion",
+                                lambda n, w: n["widgets_values"].__setitem__(5, "up_blocks.3")),
                         "widget 'blocks' = 'up_blocks.3' is not in the list"),
-        "bad control": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["widgets_values"].__setitem__(1, "sometimes")),
+        "bad control": (_broken(workflow, "MotionCloneSampler",
+                                lambda n, w: n["widgets_values"].__setitem__(1, "sometimes")),
                         "widget 'control_after_generate' = 'sometimes' must be one of"),
-        "unknown type": (_broken(workflow, "MotionCloneSampler", lambda n, w: n.__setitem__("type", "MotionCloneRenamed")),
+        "unknown type": (_broken(workflow, "MotionCloneSampler",
+                                 lambda n, w: n.__setitem__("type", "MotionCloneRenamed")),
                          "(MotionCloneRenamed): no such node type"),
-        "renamed input": (_broken(workflow, "MotionCloneSampler", lambda n, w: n["inputs"][-1].__setitem__("name", "motions")),
+        "renamed input": (_broken(workflow, "MotionCloneSampler",
+                                  lambda n, w: n["inputs"][-1].__setitem__("name", "motions")),
                           "input 'motions' does not exist"),
-        "wrong type": (_broken(workflow, "MotionCloneSampler", lambda n, w: next(link for link in w["links"] if link[0] == motion_link[0]).__setitem__(1, frames_node["id"])),
+        "wrong type": (_broken(workflow, "MotionCloneSampler",
+                               lambda n, w: next(link for link in w["links"] if link[0] == motion_link[0])
+                               .__setitem__(1, frames_node["id"])),
                        "output IMAGE -> node"),
     }
     for case, (broken, expected) in cases.items():
@@ -99,17 +118,23 @@ def test_workflow_keeps_the_official_settings_and_explains_itself(object_info, n
         official = {key: allowed for key, allowed in official.items() if key not in FRAME_COUNT_SETTINGS} | WINDOWS
     seeds = {node["id"]: named_widget_values(node, object_info)["seed"] for node in nodes
              if node["type"] in ("MotionCloneExtractMotion", "MotionCloneSampler", "KSampler")}
-    assert len(set(seeds.values())) <= 1, f"{name}: extraction and sampling seeds differ (the official code uses one): {seeds}"
+    assert len(set(seeds.values())) <= 1, (
+        f"{name}: extraction and sampling seeds differ (the official code uses one): {seeds}"
+    )
     for node in nodes:
         values = named_widget_values(node, object_info)
         for widget, value in values.items():
             allowed = official.get((node["type"], widget))
-            assert allowed is None or value in allowed, f"{name}: node {node['id']} {node['type']}.{widget} = {value!r}, official {allowed}"
+            assert allowed is None or value in allowed, (
+                f"{name}: node {node['id']} {node['type']}.{widget} = {value!r}, official {allowed}"
+            )
         if node["type"] == "MotionCloneSampler":
             schedule = (values["steps"], values["guided_steps"], values["guided_fraction"])
             assert schedule in OFFICIAL_SCHEDULES, f"{name}: node {node['id']} schedule {schedule}"
     notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] in FRONTEND_ONLY_NODES]
-    assert any("VRAM" in note and "What to change" in note for note in notes), f"{name}: no note with what to change and VRAM"
+    assert any("VRAM" in note and "What to change" in note for note in notes), (
+        f"{name}: no note with what to change and VRAM"
+    )
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -119,8 +144,11 @@ def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
     log_start = len(server.log())
     entry = server.run(prompt, timeout=600)
     output_nodes = {node_id for node_id, node in prompt.items() if object_info[node["class_type"]]["output_node"]}
-    assert output_nodes and output_nodes <= set(entry["outputs"]), f"output nodes without a result: {output_nodes - set(entry['outputs'])}"
-    media = [item for outputs in entry["outputs"].values() for item in outputs.get("images", []) if item.get("type") == "output"]
+    assert output_nodes and output_nodes <= set(entry["outputs"]), (
+        f"output nodes without a result: {output_nodes - set(entry['outputs'])}"
+    )
+    media = [item for outputs in entry["outputs"].values() for item in outputs.get("images", [])
+             if item.get("type") == "output"]
     assert media, "the workflow saved no video or animated image"
     for item in media if name not in CPU_READY_WORKFLOWS else ():  # the demo's output: test_toy_demo.py
         # Select Frames keeps `frames` frames over `span_seconds` (the whole test clip), and its fps output is their
@@ -133,14 +161,17 @@ def test_workflow_runs_end_to_end_with_tiny_models(server, object_info, name):
         assert f"Extracted motion: {overrides['frames']} frames, 3 windows of {overrides['length']} frames" in log, \
             "the CPU run did not read the reference in several windows"
     assert "lora key not loaded" not in log, "a LoRA of MODEL_FILES does not match the checkpoint's layers"
-    assert not re.search(r"clip missing|unet missing|Missing VAE keys|left over keys", log), "a checkpoint of MODEL_FILES lacks or adds keys"
+    assert not re.search(r"clip missing|unet missing|Missing VAE keys|left over keys", log), (
+        "a checkpoint of MODEL_FILES lacks or adds keys"
+    )
 
 
 WINDOWED_MODEL_USERS = {"MotionCloneExtractMotion", "MotionCloneDDIMInversion", "MotionCloneSampler",
                         "MotionCloneGuidance", "KSampler"}
 
 
-@pytest.mark.parametrize("name", [name for name, path in WORKFLOWS.items() if uses_context_windows(load_workflow(path))])
+@pytest.mark.parametrize("name", [name for name, path in WORKFLOWS.items()
+                                  if uses_context_windows(load_workflow(path))])
 def test_one_context_windows_node_feeds_extraction_and_sampling(object_info, name):
     """The same windows for reading the motion and guiding with it (a MOTION of other windows is refused), and
     more frames than one window, at real speed."""
@@ -149,12 +180,16 @@ def test_one_context_windows_node_feeds_extraction_and_sampling(object_info, nam
     links = {link[0]: link for link in workflow["links"]}
     (context,) = [node for node in nodes.values() if node["type"] == "MotionCloneContextWindows"]
     (feed,) = [links[socket["link"]] for socket in context["inputs"] if socket["name"] == "model"]
-    assert nodes[feed[1]]["type"] == "MotionCloneApplyAnimateDiff", f"{name}: Context Windows is not fed by Apply AnimateDiff"
+    assert nodes[feed[1]]["type"] == "MotionCloneApplyAnimateDiff", (
+        f"{name}: Context Windows is not fed by Apply AnimateDiff"
+    )
     users = [node for node in nodes.values() if node["type"] in WINDOWED_MODEL_USERS]
     assert {"MotionCloneExtractMotion", "MotionCloneSampler"} <= {node["type"] for node in users}
     for node in users:
         (model,) = [links[socket["link"]] for socket in node["inputs"] if socket["name"] == "model"]
-        assert model[1] == context["id"], f"{name}: node {node['id']} ({node['type']}) takes its MODEL from node {model[1]}"
+        assert model[1] == context["id"], (
+            f"{name}: node {node['id']} ({node['type']}) takes its MODEL from node {model[1]}"
+        )
 
     (selector,) = [node for node in nodes.values() if node["type"] == "MotionCloneSelectFrames"]
     (latent,) = [node for node in nodes.values() if node["type"] == "EmptyLatentImage"]
@@ -186,7 +221,8 @@ def test_reference_frames_are_selected_and_the_video_plays_at_their_rate(name):
     links = {link[0]: link for link in workflow["links"]}
 
     def source(node, socket_name):
-        socket = next((s for s in node.get("inputs", []) if s["name"] == socket_name and s.get("link") is not None), None)
+        socket = next((s for s in node.get("inputs", []) if s["name"] == socket_name and s.get("link") is not None),
+                      None)
         if socket is None:
             return None
         _, origin, slot, *_ = links[socket["link"]]
@@ -197,7 +233,8 @@ def test_reference_frames_are_selected_and_the_video_plays_at_their_rate(name):
         pytest.skip(f"{name} reads no reference clip")
     assert len(selectors) == 1, f"{name}: the reference clip's frames are not picked by one Select Frames"
     (selector,) = selectors
-    assert source(selector, "images") == ("GetVideoComponents", 0) and source(selector, "fps") == ("GetVideoComponents", 2)
+    assert (source(selector, "images") == ("GetVideoComponents", 0)
+            and source(selector, "fps") == ("GetVideoComponents", 2))
     savers = [node for node in nodes.values() if node["type"] in VIDEO_SAVERS]
     assert savers and all(source(node, "fps") == ("MotionCloneSelectFrames", 1) for node in savers), \
         f"{name}: a video's fps is not Select Frames' fps output"

@@ -17,11 +17,18 @@ import os
 from pathlib import Path
 
 import pytest
-
 from comfy_harness import PACK_ROOT
 from comfy_server import PACK_FOLDER_NAME, running_server
-from workflows import (cpu_overrides_for, load_workflow, to_api_prompt, validate_workflow, widgets_as_loaded, with_cpu_overrides,
-                       workflow_paths)
+
+from workflows import (
+    cpu_overrides_for,
+    load_workflow,
+    to_api_prompt,
+    validate_workflow,
+    widgets_as_loaded,
+    with_cpu_overrides,
+    workflow_paths,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -75,7 +82,8 @@ def _open_frontend(browser, server, ready: str):
 
 @pytest.fixture
 def page(browser, server):
-    page = _open_frontend(browser, server, "() => !!(window.app && app.graph && LiteGraph.registered_node_types.MotionCloneSampler)")
+    page = _open_frontend(browser, server,
+                          "() => !!(window.app && app.graph && LiteGraph.registered_node_types.MotionCloneSampler)")
     yield page
     page.close()
 
@@ -83,8 +91,10 @@ def page(browser, server):
 @pytest.fixture(scope="module")
 def startup_errors_without_custom_nodes(browser, comfyui, tmp_path_factory) -> list[str]:
     """The uncaught errors of the frontend's start on the same ComfyUI with no custom node loaded."""
-    with running_server(comfyui.root, tmp_path_factory.mktemp("server_without_custom_nodes"), "--disable-all-custom-nodes") as bare:
-        page = _open_frontend(browser, bare, "() => !!(window.app && app.graph && LiteGraph.registered_node_types.KSampler)")
+    with running_server(comfyui.root, tmp_path_factory.mktemp("server_without_custom_nodes"),
+                        "--disable-all-custom-nodes") as bare:
+        page = _open_frontend(browser, bare,
+                              "() => !!(window.app && app.graph && LiteGraph.registered_node_types.KSampler)")
         page.close()
         return page.startup_errors
 
@@ -121,7 +131,8 @@ def _frontend_prompt(page, object_info: dict) -> dict:
 
 def test_the_pack_adds_no_error_to_the_frontends_start(page, startup_errors_without_custom_nodes):
     assert not set(page.startup_errors) - set(startup_errors_without_custom_nodes), (
-        f"start-up errors with the pack: {page.startup_errors}; without any custom node: {startup_errors_without_custom_nodes}")
+        f"start-up errors with the pack: {page.startup_errors}; "
+        f"without any custom node: {startup_errors_without_custom_nodes}")
 
 
 @pytest.mark.parametrize("name", WORKFLOWS)
@@ -132,7 +143,9 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
     page.wait_for_function("(count) => app.graph.nodes.length === count", arg=len(workflow["nodes"]), timeout=30_000)
     _wait_until_idle(page)  # also gives the missing-node and error dialogs time to open
     assert page.evaluate(OPEN_DIALOGS) == [], "a dialog opened on loading the workflow"
-    unknown = page.evaluate("() => app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type)")
+    unknown = page.evaluate(
+        "() => app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type)"
+    )
     assert unknown == [], f"node types the frontend does not know: {unknown}"
 
     saved = page.evaluate("() => app.graph.serialize()")  # what Workflow -> Save would write
@@ -141,7 +154,9 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
     for node in workflow["nodes"]:
         assert loaded[str(node["id"])] == widgets_as_loaded(node, object_info), (
             f"node {node['id']} ({node['type']}): the frontend reads its widgets differently")
-    assert _frontend_prompt(page, object_info) == to_api_prompt(workflow, object_info), "the frontend queues another prompt than the tests' converter"
+    assert _frontend_prompt(page, object_info) == to_api_prompt(workflow, object_info), (
+        "the frontend queues another prompt than the tests' converter"
+    )
 
     overrides = cpu_overrides_for(name)
     page.evaluate(SET_WIDGETS, overrides)
@@ -153,10 +168,13 @@ def test_frontend_loads_queues_and_finishes_the_workflow(server, object_info, pa
     page.wait_for_timeout(1000)  # let the output previews render for the screenshot
     screenshot = _screenshot(page, server, name)
     run = page.evaluate("() => window.__motionclone_run")
-    assert run and run["kind"] == "execution_success", f"{run}; dialogs: {page.evaluate(OPEN_DIALOGS)}; see {screenshot}"
+    assert run and run["kind"] == "execution_success", (
+        f"{run}; dialogs: {page.evaluate(OPEN_DIALOGS)}; see {screenshot}"
+    )
     assert page.evaluate(OPEN_DIALOGS) == [], f"a dialog opened while running; see {screenshot}"
     assert page.uncaught_errors == [], page.uncaught_errors
-    assert server.get(f"/history/{run['detail']['prompt_id']}")[run["detail"]["prompt_id"]]["status"]["status_str"] == "success"
+    assert (server.get(f"/history/{run['detail']['prompt_id']}")
+            [run["detail"]["prompt_id"]]["status"]["status_str"] == "success")
 
 
 def test_template_browser_offers_every_workflow_and_opens_it(server, page):

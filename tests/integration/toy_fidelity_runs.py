@@ -84,8 +84,9 @@ def cases(quick: bool = False) -> list[Case]:
 
 FIDELITY_MODE = "fidelity mode (inversion + masks + semantic)"
 REUSE = " (gradient every "
-ROWS = ("unguided", "MotionClone Sampler", f"MotionClone Sampler{REUSE}2)", f"MotionClone Sampler{REUSE}3)", FIDELITY_MODE,
-        "Guidance + KSampler ddim", f"Guidance + KSampler ddim{REUSE}2)", f"Guidance + KSampler ddim{REUSE}3)",
+ROWS = ("unguided", "MotionClone Sampler", f"MotionClone Sampler{REUSE}2)", f"MotionClone Sampler{REUSE}3)",
+        FIDELITY_MODE, "Guidance + KSampler ddim", f"Guidance + KSampler ddim{REUSE}2)",
+        f"Guidance + KSampler ddim{REUSE}3)",
         "Guidance + KSampler euler", "Guidance + KSampler dpmpp_2m")
 
 
@@ -130,7 +131,8 @@ def _build_prompt(row: str, reference_clip: str, new_prompt: str, seed: int, pre
                           "inputs": {"clip": reference_clip, "frames": FRAMES, "size": SIZE}},
             # No reference prompt: Extract Motion encodes the empty prompt, as the official code does.
             "extract": {"class_type": "MotionCloneExtractMotion", "inputs": {
-                "model": ["apply", 0], "images": ["reference", 0], "vae": ["toy", 2], "clip": ["toy", 1], "width": SIZE, "height": SIZE, "resize": "stretch",
+                "model": ["apply", 0], "images": ["reference", 0], "vae": ["toy", 2], "clip": ["toy", 1],
+                "width": SIZE, "height": SIZE, "resize": "stretch",
                 "timestep": EXTRACT_TIMESTEP, "seed": seed, "blocks": "up_blocks.1", "top_k": 1}},
         })
     common = {"seed": seed, "cfg": CFG, "positive": ["positive", 0], "negative": ["negative", 0],
@@ -166,7 +168,8 @@ def _fidelity_mode(graph: dict, reference_clip: str, new_prompt: str, seed: int,
     mask_settings = {"threshold": 0.3, "blur_kernel_size": 1, "blur_sigma": 1.0, "centroid_sigma": 5.0,
                      "timestep": EXTRACT_TIMESTEP, "seed": seed}
     graph.update({
-        "reference": {"class_type": "MotionCloneToyReferenceClip", "inputs": {"clip": reference_clip, "frames": FRAMES, "size": SIZE}},
+        "reference": {"class_type": "MotionCloneToyReferenceClip",
+                      "inputs": {"clip": reference_clip, "frames": FRAMES, "size": SIZE}},
         "encode": {"class_type": "VAEEncode", "inputs": {"pixels": ["reference", 0], "vae": ["toy", 2]}},
         "reference_prompt": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["toy", 1], "text": reference_prompt}},
         "inversion": {"class_type": "MotionCloneDDIMInversion", "inputs": {
@@ -311,8 +314,10 @@ def read_saved(comfy, outputs: dict) -> torch.Tensor:
     from PIL import Image
 
     images = outputs["save"]["images"]
-    frames = [np.asarray(Image.open(os.path.join(comfy.output_dir, image["subfolder"], image["filename"])).convert("RGB"))
-              for image in images]
+    frames = [
+        np.asarray(Image.open(os.path.join(comfy.output_dir, image["subfolder"], image["filename"])).convert("RGB"))
+        for image in images
+    ]
     return torch.from_numpy(np.stack(frames)).float() / 255
 
 

@@ -156,7 +156,8 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
         linked = {socket["name"] for socket in node.get("inputs", []) if socket.get("link") is not None}
         for socket in node.get("inputs", []):  # the frontend saves a socket per widget, its own ones included
             if socket["name"] not in declared and socket["name"] not in {w.name for w in layout}:
-                problems.append(f"{label(node)}: input '{socket['name']}' does not exist (inputs: {', '.join(declared)})")
+                problems.append(f"{label(node)}: input '{socket['name']}' does not exist "
+                                f"(inputs: {', '.join(declared)})")
         for name, spec in info["input"].get("required", {}).items():
             if not _is_widget(spec) and name not in linked:
                 problems.append(f"{label(node)}: required input '{name}' is not connected")
@@ -174,7 +175,8 @@ def validate_workflow(workflow: dict, object_info: dict) -> list[str]:
                 problems.append(f"{label(node)}: widget '{widget.name}' = {value!r} {problem}")
             elif _nested_widgets(widget.spec, value):
                 problems.append(f"{label(node)}: widget '{widget.name}' = {value!r} adds widgets of its own "
-                                f"({', '.join(_nested_widgets(widget.spec, value))}), which the tests' converter does not lay out")
+                                f"({', '.join(_nested_widgets(widget.spec, value))}), which the tests' converter does "
+                                "not lay out")
 
     for link_id, origin_id, origin_slot, target_id, target_slot, link_type in workflow["links"]:
         origin, target = nodes.get(origin_id), nodes.get(target_id)
@@ -209,7 +211,8 @@ def widgets_as_loaded(node: dict, object_info: dict) -> list:
     values = node.get("widgets_values", [])
     if node["type"] in FRONTEND_ONLY_NODES:
         return values
-    return [*values, *(w.default for w in frontend_filled(node["type"], widget_layout(object_info[node["type"]]), values))]
+    return [*values,
+            *(w.default for w in frontend_filled(node["type"], widget_layout(object_info[node["type"]]), values))]
 
 
 def named_widget_values(node: dict, object_info: dict) -> dict:
@@ -228,7 +231,8 @@ def to_api_prompt(workflow: dict, object_info: dict) -> dict:
         if node["type"] in FRONTEND_ONLY_NODES:
             continue
         if node.get("mode", 0) != 0:
-            raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; the converter handles active nodes only")
+            raise ValueError(f"node {node['id']} ({node['type']}) is muted or bypassed; the converter handles "
+                             "active nodes only")
         inputs = named_widget_values(node, object_info)
         for socket in node.get("inputs", []):
             if socket.get("link") is not None:
@@ -242,7 +246,9 @@ def to_api_prompt(workflow: dict, object_info: dict) -> dict:
 # them, so that its CPU run really reads and guides several windows (3: frames 0-3, 3-6 and 6-9) instead of
 # processing its few frames whole. The reference clip has fewer frames (FRAMES), so Select Frames repeats some,
 # over a span whose last frame is still in the clip.
-WINDOWED_CPU_OVERRIDES = {**CPU_OVERRIDES, "frames": 10, "batch_size": 10, "span_seconds": 0.4, "length": 4, "overlap": 1}
+WINDOWED_CPU_OVERRIDES = {
+    **CPU_OVERRIDES, "frames": 10, "batch_size": 10, "span_seconds": 0.4, "length": 4, "overlap": 1,
+}
 
 
 def uses_context_windows(workflow: dict) -> bool:

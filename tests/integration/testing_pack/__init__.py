@@ -83,7 +83,8 @@ class TinySD15:
         # A random UNet is no denoiser: its eps swings wildly with the input. Scaling the output layer down
         # gives a smooth eps, for tests whose numbers need a well-behaved ODE (inversion round trips).
         weights = {k: v * output_scale if k.startswith("out.2.") else v for k, v in weights.items()}
-        model.load_model_weights({f"model.diffusion_model.{k}": v for k, v in weights.items()}, "model.diffusion_model.")
+        model.load_model_weights({f"model.diffusion_model.{k}": v for k, v in weights.items()},
+                                 "model.diffusion_model.")
         patcher = comfy.model_patcher.ModelPatcher(
             model, comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
         )
@@ -148,7 +149,8 @@ class GradientProbe:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""}), "blocks": ("STRING", {"default": "up_blocks.1"})}}
+        return {"required": {"model": ("MODEL",), "report_path": ("STRING", {"default": ""}),
+                             "blocks": ("STRING", {"default": "up_blocks.1"})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
@@ -164,21 +166,25 @@ class GradientProbe:
             # Pull every row's attention towards its own frame: a loss with a non-trivial gradient.
             return sum(((p - torch.eye(p.shape[-1], device=p.device)) ** 2).mean() for p in probs.values())
 
-        def predict_noise(executor, x, timestep, model_options={}, seed=None):
+        def predict_noise(executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
             out = executor(x, timestep, model_options, seed)
             guider = executor.class_obj
             run = patching.current_run(model_options)
             conds = guider.conds["positive"]
             later_blocks = []  # the gradient forward must stop after the captured blocks
-            hook = guider.inner_model.diffusion_model.output_blocks[6].register_forward_hook(lambda *a: later_blocks.append(1))
+            hook = guider.inner_model.diffusion_model.output_blocks[6].register_forward_hook(
+                lambda *a: later_blocks.append(1)
+            )
             try:
-                _, loss, grad = gradient.attention_gradient(run, guider.inner_model, conds, x, timestep, model_options, blocks,
-                                                            lambda capture: loss_fn(capture.probs))
+                _, loss, grad = gradient.attention_gradient(run, guider.inner_model, conds, x, timestep, model_options,
+                                                            blocks, lambda capture: loss_fn(capture.probs))
             finally:
                 hook.remove()
 
             def loss_at(z):
-                return loss_fn(forwards.capture_attention(run, guider.inner_model, conds, z, timestep, model_options, blocks)).item()
+                return loss_fn(
+                    forwards.capture_attention(run, guider.inner_model, conds, z, timestep, model_options, blocks)
+                ).item()
 
             step = 1e-2 * grad / grad.norm()
             central_difference = (loss_at(x + step) - loss_at(x - step)) / (2 * step.norm().item())
@@ -199,7 +205,9 @@ class GradientProbe:
             return out
 
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_probe", predict_noise)
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_probe", predict_noise
+        )
         return (patched,)
 
 
@@ -270,9 +278,10 @@ def tiny_taesd_state(seed: int) -> dict[str, torch.Tensor]:
 class TinyCLIP:
     """ComfyUI's SD1.5 CLIP (real tokenizer, `SDClipModel`) with a 2-layer, 64-wide text transformer."""
 
-    CONFIG = {"hidden_size": TINY_CONTEXT_DIM, "intermediate_size": 128, "num_attention_heads": 2, "num_hidden_layers": 2,
-              "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
-              "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1, "projection_dim": TINY_CONTEXT_DIM}
+    CONFIG = {"hidden_size": TINY_CONTEXT_DIM, "intermediate_size": 128, "num_attention_heads": 2,
+              "num_hidden_layers": 2, "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu",
+              "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1,
+              "projection_dim": TINY_CONTEXT_DIM}
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -289,7 +298,9 @@ class TinyCLIP:
         import comfy.sd1_clip
 
         class Target:
-            params = {"clip_model": functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(self.CONFIG))}
+            params = {
+                "clip_model": functools.partial(comfy.sd1_clip.SDClipModel, textmodel_json_config=dict(self.CONFIG))
+            }
             clip = comfy.sd1_clip.SD1ClipModel
             tokenizer = comfy.sd1_clip.SD1Tokenizer
 
@@ -303,7 +314,8 @@ class MotionLossProbe:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"model": ("MODEL",), "motion": ("MOTIONCLONE_MOTION",), "report_path": ("STRING", {"default": ""})}}
+        return {"required": {"model": ("MODEL",), "motion": ("MOTIONCLONE_MOTION",),
+                             "report_path": ("STRING", {"default": ""})}}
 
     RETURN_TYPES = ("MODEL",)
     FUNCTION = "patch"
@@ -315,7 +327,7 @@ class MotionLossProbe:
         representation = _pack_module("motionclone.representation")
         records = []
 
-        def predict_noise(executor, x, timestep, model_options={}, seed=None):
+        def predict_noise(executor, x, timestep, model_options={}, seed=None):  # noqa: B006 - ComfyUI's signature
             guider = executor.class_obj
             run = patching.current_run(model_options)
             probs = forwards.capture_attention(run, guider.inner_model, guider.conds["positive"], x, timestep,
@@ -328,7 +340,9 @@ class MotionLossProbe:
             return executor(x, timestep, model_options, seed)
 
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_loss", predict_noise)
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.PREDICT_NOISE, "motionclone_test_loss", predict_noise
+        )
         return (patched,)
 
 
@@ -353,7 +367,9 @@ class InterruptAtCall:
             return executor(*args, **kwargs)
 
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "motionclone_test_interrupt", diffusion_model)
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "motionclone_test_interrupt", diffusion_model
+        )
         return (patched,)
 
 
@@ -378,8 +394,12 @@ class GraphProbe(_ReportingPatch):
         def diffusion_model(executor, *args, **kwargs):
             unet = executor.class_obj
             record = {}
-            hooks = [unet.output_blocks[i][-1].register_forward_hook(lambda m, a, out, i=i: record.__setitem__(str(i), out.requires_grad))
-                     for i in range(len(unet.output_blocks))]
+            hooks = [
+                unet.output_blocks[i][-1].register_forward_hook(
+                    lambda m, a, out, i=i: record.__setitem__(str(i), out.requires_grad)
+                )
+                for i in range(len(unet.output_blocks))
+            ]
             try:
                 return executor(*args, **kwargs)
             finally:
@@ -390,7 +410,9 @@ class GraphProbe(_ReportingPatch):
                     json.dump(calls, f)
 
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "motionclone_test_graph", diffusion_model)
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "motionclone_test_graph", diffusion_model
+        )
         return (patched,)
 
 
@@ -480,7 +502,8 @@ class StepClock(_ReportingPatch):
 
         def outer_sample(executor, *args, **kwargs):
             cuda = torch.cuda.is_available()
-            run = {"seconds": [], "peak_bytes": [], "dynamic": getattr(executor.class_obj.model_patcher, "is_dynamic", lambda: False)()}
+            run = {"seconds": [], "peak_bytes": [],
+                   "dynamic": getattr(executor.class_obj.model_patcher, "is_dynamic", lambda: False)()}
             runs.append(run)
 
             def tick():
@@ -513,7 +536,9 @@ class StepClock(_ReportingPatch):
                     json.dump(runs, f)
 
         patched = model.clone()
-        patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "motionclone_test_clock", outer_sample)
+        patched.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, "motionclone_test_clock", outer_sample
+        )
         return (patched,)
 
 
@@ -522,7 +547,8 @@ class Poison:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {}, "optional": {"image": ("IMAGE",), "latent": ("LATENT",), "conditioning": ("CONDITIONING",)}}
+        return {"required": {},
+                "optional": {"image": ("IMAGE",), "latent": ("LATENT",), "conditioning": ("CONDITIONING",)}}
 
     RETURN_TYPES = ("IMAGE", "LATENT", "CONDITIONING")
     FUNCTION = "poison"
