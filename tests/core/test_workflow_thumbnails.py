@@ -52,7 +52,7 @@ def test_title_fits_a_card(name):
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_thumbnail_beside_the_workflow(name):
     path = os.path.join(WORKFLOWS_DIR, f"{name}.jpg")
-    assert os.path.isfile(path), f"no {name}.jpg: run python workflows/make_thumbnails.py"
+    assert os.path.isfile(path), f"no {name}.jpg: run python bench/make_thumbnails.py"
     with open(path, "rb") as f:
         data = f.read()
     assert _jpeg_size(data) == THUMBNAIL_SIZE
@@ -62,7 +62,7 @@ def test_thumbnail_beside_the_workflow(name):
 def test_no_thumbnail_without_its_workflow_and_a_card_for_each():
     thumbnails = sorted(name[:-4] for name in os.listdir(WORKFLOWS_DIR) if name.endswith(".jpg"))
     assert thumbnails == WORKFLOWS
-    with open(os.path.join(WORKFLOWS_DIR, "make_thumbnails.py")) as f:
+    with open(os.path.join(WORKFLOWS_DIR, "..", "bench", "make_thumbnails.py")) as f:
         tree = ast.parse(f.read())
     cards = next(node.value for node in tree.body
                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "CARDS")

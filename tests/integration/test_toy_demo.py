@@ -1,4 +1,5 @@
-"""The one-minute CPU demo: workflow 0 is the graph `bench/toymodel/make_demo_workflow.py` writes, and that
+"""The one-minute CPU demo: workflow 0 is the graph `demo_workflow.py` describes (`bench/make_demo_workflow.py`
+writes it), and that
 graph runs in a real ComfyUI to an animated WEBP of reference | unguided | cloned, the clone following the
 reference's motion."""
 
@@ -6,17 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
+import demo_workflow as make_demo_workflow
 import numpy as np
 import pytest
 import torch
-
 from comfy_harness import PACK_ROOT
-
-sys.path.insert(0, os.path.join(PACK_ROOT, "bench", "toymodel"))
-import demo  # noqa: E402
-import make_demo_workflow  # noqa: E402
 
 WORKFLOW = os.path.join(PACK_ROOT, "workflows", "0-try-it-on-cpu.json")
 
@@ -31,7 +27,7 @@ def test_api_prompt_has_the_workflows_nodes_and_links():
     prompt = make_demo_workflow.api_prompt()
     nodes = {str(node["id"]): node for node in workflow["nodes"] if node["type"] != "Note"}
     assert {k: v["class_type"] for k, v in prompt.items()} == {k: n["type"] for k, n in nodes.items()}
-    for link_id, src, slot, dst, dst_slot, _ in workflow["links"]:
+    for _link_id, src, slot, dst, dst_slot, _ in workflow["links"]:
         name = nodes[str(dst)]["inputs"][dst_slot]["name"]
         assert prompt[str(dst)]["inputs"][name] == [str(src), slot]
 
@@ -58,7 +54,7 @@ def test_demo_saves_reference_unguided_and_cloned_side_by_side(animation):
 
 
 def test_cloned_panel_follows_the_reference_and_the_unguided_one_does_not(animation):
-    scores = demo.motion_scores(animation)
+    scores = make_demo_workflow.motion_scores(animation)
     assert scores["cloned"] >= scores["unguided"] + 0.3, scores
 
 

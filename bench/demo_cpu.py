@@ -1,11 +1,11 @@
 """The one-minute CPU demo from a shell: workflow 0's graph in a real ComfyUI, no downloads.
 
-Runs the graph of `workflows/0-try-it-on-cpu.json` (built by `make_demo_workflow.py`) in-process with the
+Runs the graph of `workflows/0-try-it-on-cpu.json` (`tests/integration/demo_workflow.py`) in-process with the
 integration harness, against the ComfyUI at COMFYUI_PATH: the bundled toy model re-draws a bundled
 reference clip with a new prompt, unguided and with MotionClone, and saves reference | unguided | cloned
 side by side as an animated WEBP. Prints the motion fidelity (DMT score, 1 = same motion) of both.
 
-Usage: COMFYUI_PATH=/path/to/ComfyUI python bench/toymodel/demo.py [--prompt "a green triangle"]
+Usage: COMFYUI_PATH=/path/to/ComfyUI python bench/demo_cpu.py [--prompt "a green triangle"]
        [--clip "cyan triangle moving down"] [--out try-it-on-cpu.webp]
 """
 
@@ -18,23 +18,20 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACK_ROOT = os.path.dirname(os.path.dirname(HERE))
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
-    sys.path.insert(0, HERE)
-    import make_demo_workflow
+    sys.path.insert(0, os.path.join(PACK_ROOT, "tests", "integration"))
+    sys.path.append(PACK_ROOT)  # appended: the pack's nodes/ must not shadow ComfyUI's nodes module
+    import demo_workflow as make_demo_workflow
+    from comfy_harness import find_comfyui, start_comfyui
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompt", default=make_demo_workflow.NEW_PROMPT, help="the new prompt (a colour and a shape)")
     parser.add_argument("--clip", default=make_demo_workflow.REFERENCE_CLIP, help="the bundled reference clip")
     parser.add_argument("--out", default="try-it-on-cpu.webp", help="where to write the animated WEBP")
     options = parser.parse_args()
-
-    sys.path.insert(0, os.path.join(PACK_ROOT, "tests", "integration"))
-    sys.path.append(PACK_ROOT)  # appended: the pack's nodes/ must not shadow ComfyUI's nodes module
-    from comfy_harness import find_comfyui, start_comfyui
 
     root, reason = find_comfyui()
     if root is None:
@@ -50,29 +47,8 @@ def main():
         ran = time.perf_counter() - started
     print(f"wrote {options.out}: reference | unguided | cloned ('{options.prompt}'), ComfyUI {comfy.version}, "
           f"{ran:.0f} s to run the graph, {time.perf_counter() - began:.0f} s in all")
-    for name, score in motion_scores(options.out).items():
+    for name, score in make_demo_workflow.motion_scores(options.out).items():
         print(f"motion fidelity to the reference, {name}: {score:.2f}")
-
-
-def motion_scores(path: str) -> dict[str, float]:
-    """DMT motion fidelity of the unguided and cloned panels of the saved animation to its reference panel."""
-    import numpy as np
-    import torch
-    from PIL import Image, ImageSequence
-
-    from motionclone.errors import MotionCloneError
-    from motionclone.fidelity import motion_fidelity
-
-    def score(reference, generated) -> float:
-        try:
-            return motion_fidelity(reference, generated).score
-        except MotionCloneError:  # no point of the generated panel could be tracked: nothing follows the motion
-            return 0.0
-
-    with Image.open(path) as animation:
-        frames = np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(animation)])
-    panels = torch.from_numpy(frames).float().div(255).chunk(3, dim=2)  # side by side: split the width
-    return {"unguided": score(panels[0], panels[1]), "cloned": score(panels[0], panels[2])}
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ ComfyUI's template browser shows `<name>.jpg` from a pack's workflow folder as t
 `<name>.json` (a grey placeholder when there is none). Each card here is a small diagram of the
 workflow: its number and title, the chain of nodes it runs (MotionClone nodes in the accent colour,
 stock ComfyUI nodes in grey) and the schedule it keeps. Run it again after adding or renaming a
-workflow (`python workflows/make_thumbnails.py`, needs Pillow); it rewrites every thumbnail.
+workflow (`python bench/make_thumbnails.py`, needs Pillow); it rewrites every thumbnail.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 from PIL import Image, ImageDraw, ImageFont
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+WORKFLOWS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
 SIZE = 512  # square: both frontends (1.27, 1.35) crop the card image to a square; 2x for sharp HiDPI cards
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/dejavu", "/Library/Fonts", "C:/Windows/Fonts")
 
@@ -86,7 +86,8 @@ def _background() -> Image.Image:
     draw = ImageDraw.Draw(image)
     for y in range(SIZE):
         mix = y / (SIZE - 1)
-        draw.line([(0, y), (SIZE, y)], fill=tuple(round(a + (b - a) * mix) for a, b in zip(BACKGROUND_TOP, BACKGROUND_BOTTOM)))
+        colour = tuple(round(a + (b - a) * mix) for a, b in zip(BACKGROUND_TOP, BACKGROUND_BOTTOM))
+        draw.line([(0, y), (SIZE, y)], fill=colour)
     return image
 
 
@@ -136,12 +137,12 @@ def render(name: str) -> Image.Image:
 
 
 def main() -> None:
-    workflows = sorted(file[:-5] for file in os.listdir(HERE) if file.endswith(".json"))
+    workflows = sorted(file[:-5] for file in os.listdir(WORKFLOWS) if file.endswith(".json"))
     missing = [name for name in workflows if name not in CARDS]
     if missing:
         raise SystemExit(f"no card for {missing}: add an entry to CARDS in {os.path.basename(__file__)}")
     for name in workflows:
-        path = os.path.join(HERE, f"{name}.jpg")
+        path = os.path.join(WORKFLOWS, f"{name}.jpg")
         render(name).save(path, quality=88, optimize=True, progressive=True)
         print(f"{path}: {os.path.getsize(path) // 1024} KiB")
 

@@ -1,37 +1,44 @@
-"""Write the one-minute CPU demo workflow (UI format) from the graph `bench/toymodel/demo.py` runs.
+"""The one-minute CPU demo's graph: workflow 0 (UI format, `workflow()`) and the same graph as an API prompt.
 
 The demo: the bundled toy model and reference clip; the reference's motion re-drawn with a new prompt,
 unguided (plain AnimateDiff, stock KSampler) and cloned (Extract Motion -> MotionClone Sampler) from the
-same seed; reference | unguided | cloned side by side, saved as an animated WEBP.
-
-Usage: python bench/toymodel/make_demo_workflow.py [output.json]
+same seed; reference | unguided | cloned side by side, saved as an animated WEBP. `bench/make_demo_workflow.py`
+writes `workflows/0-try-it-on-cpu.json` from it, `bench/demo_cpu.py` runs it, and `test_toy_demo.py` checks both.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(HERE)), "workflows", "0-try-it-on-cpu.json")
+PACK_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WORKFLOW_FILE = os.path.join(PACK_ROOT, "workflows", "0-try-it-on-cpu.json")
 
 SEED, STEPS, GUIDED_STEPS, GUIDED_FRACTION, CFG, WEIGHT, RAMP = 1, 20, 8, 0.4, 7.5, 2000.0, 2
 REFERENCE_CLIP, NEW_PROMPT = "red circle moving right", "a blue square"
 
-NOTE = f"""MotionClone on a CPU in a minute: the toy model
-Everything here ships with the pack: a toy video model (an SD1.5-architecture UNet at toy size with an AnimateDiff v3-layout motion module, under 10 MB) trained on a toy world of one coloured shape moving on a dark background, and reference clips from that world. No downloads.
-
-What to change
-1. Toy Reference Clip: pick the motion to clone.
-2. New prompt: another colour and shape, e.g. "a green triangle" (colours: red, green, blue, yellow, cyan, magenta, orange, white; shapes: circle, square, triangle).
-3. Run. The saved animation shows reference | unguided | cloned: the unguided video's blob flickers or stays put, the cloned one moves with the reference.
-
-What the toy model can and cannot do: it draws soft-edged blobs on a dark background and moves them with MotionClone's guidance; it follows the prompt's colour and shape only weakly (18 minutes of training on one CPU core), so judge the motion, not the subject.
-
-Settings: {STEPS} steps, {GUIDED_STEPS} of them guided in the noisiest {int(GUIDED_FRACTION * 100)} % (guided_fraction {GUIDED_FRACTION}), cfg {CFG}, motion_weight {int(WEIGHT)}, reference read at timestep 400, seed {SEED} everywhere. The real workflows (1-5) use SD1.5 with the official settings.
-
-VRAM: none needed; runs on a CPU (8 frames of 128x128). Time: about a minute on 2 CPU cores."""
+NOTE = "\n".join([
+    "MotionClone on a CPU in a minute: the toy model",
+    "Everything here ships with the pack: a toy video model (an SD1.5-architecture UNet at toy size with an "
+    "AnimateDiff v3-layout motion module, under 10 MB) trained on a toy world of one coloured shape moving on a "
+    "dark background, and reference clips from that world. No downloads.",
+    "",
+    "What to change",
+    "1. Toy Reference Clip: pick the motion to clone.",
+    '2. New prompt: another colour and shape, e.g. "a green triangle" (colours: red, green, blue, yellow, cyan, '
+    "magenta, orange, white; shapes: circle, square, triangle).",
+    "3. Run. The saved animation shows reference | unguided | cloned: the unguided video's blob flickers or stays "
+    "put, the cloned one moves with the reference.",
+    "",
+    "What the toy model can and cannot do: it draws soft-edged blobs on a dark background and moves them with "
+    "MotionClone's guidance; it follows the prompt's colour and shape only weakly (18 minutes of training on one "
+    "CPU core), so judge the motion, not the subject.",
+    "",
+    f"Settings: {STEPS} steps, {GUIDED_STEPS} of them guided in the noisiest {int(GUIDED_FRACTION * 100)} % "
+    f"(guided_fraction {GUIDED_FRACTION}), cfg {CFG}, motion_weight {int(WEIGHT)}, reference read at timestep 400, "
+    f"seed {SEED} everywhere. The real workflows (1-5) use SD1.5 with the official settings.",
+    "",
+    "VRAM: none needed; runs on a CPU (8 frames of 128x128). Time: about a minute on 2 CPU cores.",
+])
 
 
 CONTROL = "control_after_generate"  # a frontend-only widget after seeds; not sent to the server
@@ -49,22 +56,28 @@ def graph_specs():
          [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE"), ("MOTION_MODEL", "MOTIONCLONE_MOTION_MODEL")]),
         (3, "MotionCloneApplyAnimateDiff", [400, 120], [320, 80], [("beta_schedule", "sqrt_linear")],
          [("model", "MODEL"), ("motion_model", "MOTIONCLONE_MOTION_MODEL")], [("MODEL", "MODEL")]),
-        (4, "MotionCloneToyReferenceClip", [40, 320], [320, 110], [("clip", REFERENCE_CLIP), ("frames", 8), ("size", 128)], [], [("IMAGE", "IMAGE")]),
+        (4, "MotionCloneToyReferenceClip", [40, 320], [320, 110],
+         [("clip", REFERENCE_CLIP), ("frames", 8), ("size", 128)], [], [("IMAGE", "IMAGE")]),
         (5, "MotionCloneExtractMotion", [400, 320], [340, 400],
          [("width", 128), ("height", 128), ("resize", "stretch"), ("timestep", 400), ("seed", SEED),
           ("blocks", "up_blocks.1"), ("top_k", 1), ("steps", 100), ("guided_steps", -1), ("guided_fraction", 0.3)],
-         [("model", "MODEL"), ("images", "IMAGE"), ("vae", "VAE"), ("clip", "CLIP")], [("MOTION", "MOTIONCLONE_MOTION")]),
-        (6, "CLIPTextEncode", [780, 120], [320, 90], [("text", NEW_PROMPT)], [("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
-        (7, "CLIPTextEncode", [780, 260], [320, 90], [("text", "")], [("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
-        (8, "EmptyLatentImage", [780, 400], [320, 110], [("width", 128), ("height", 128), ("batch_size", 8)], [], [("LATENT", "LATENT")]),
+         [("model", "MODEL"), ("images", "IMAGE"), ("vae", "VAE"), ("clip", "CLIP")],
+         [("MOTION", "MOTIONCLONE_MOTION")]),
+        (6, "CLIPTextEncode", [780, 120], [320, 90], [("text", NEW_PROMPT)], [("clip", "CLIP")],
+         [("CONDITIONING", "CONDITIONING")]),
+        (7, "CLIPTextEncode", [780, 260], [320, 90], [("text", "")], [("clip", "CLIP")],
+         [("CONDITIONING", "CONDITIONING")]),
+        (8, "EmptyLatentImage", [780, 400], [320, 110], [("width", 128), ("height", 128), ("batch_size", 8)], [],
+         [("LATENT", "LATENT")]),
         (9, "MotionCloneSampler", [1140, 120], [340, 400],
          [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("guided_steps", GUIDED_STEPS),
           ("guided_fraction", GUIDED_FRACTION), ("cfg", CFG), ("motion_weight", WEIGHT), ("warm_up_steps", RAMP),
           ("cool_down_steps", RAMP), ("memory_mode", "auto"), ("gradient_every", 1)],
          [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT"),
           ("motion", "MOTIONCLONE_MOTION")], [("LATENT", "LATENT")]),
-        (10, "KSampler", [1140, 570], [340, 262], [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("cfg", CFG), ("sampler_name", "ddim"),
-                                                   ("scheduler", "ddim_uniform"), ("denoise", 1.0)],
+        (10, "KSampler", [1140, 570], [340, 262],
+         [("seed", SEED), (CONTROL, "fixed"), ("steps", STEPS), ("cfg", CFG), ("sampler_name", "ddim"),
+          ("scheduler", "ddim_uniform"), ("denoise", 1.0)],
          [("model", "MODEL"), ("positive", "CONDITIONING"), ("negative", "CONDITIONING"), ("latent_image", "LATENT")],
          [("LATENT", "LATENT")]),
         (11, "VAEDecode", [1520, 120], [210, 50], [], [("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
@@ -73,15 +86,17 @@ def graph_specs():
          [("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
         (14, "ImageStitch", [2060, 320], [270, 150], STITCH,
          [("image1", "IMAGE"), ("image2", "IMAGE")], [("IMAGE", "IMAGE")]),
-        (15, "SaveAnimatedWEBP", [2360, 320], [420, 440], [("filename_prefix", "MotionClone/try-it-on-cpu"), ("fps", 4.0), ("lossless", True),
-                                                               ("quality", 90), ("method", "default")],
+        (15, "SaveAnimatedWEBP", [2360, 320], [420, 440],
+         [("filename_prefix", "MotionClone/try-it-on-cpu"), ("fps", 4.0), ("lossless", True), ("quality", 90),
+          ("method", "default")],
          [("images", "IMAGE")], []),
     ]
     wires = [  # from id, from slot, to id, input name
         (2, 0, 3, "model"), (2, 3, 3, "motion_model"),
         (3, 0, 5, "model"), (4, 0, 5, "images"), (2, 2, 5, "vae"), (2, 1, 5, "clip"),
         (2, 1, 6, "clip"), (2, 1, 7, "clip"),
-        (3, 0, 9, "model"), (6, 0, 9, "positive"), (7, 0, 9, "negative"), (8, 0, 9, "latent_image"), (5, 0, 9, "motion"),
+        (3, 0, 9, "model"), (6, 0, 9, "positive"), (7, 0, 9, "negative"), (8, 0, 9, "latent_image"),
+        (5, 0, 9, "motion"),
         (3, 0, 10, "model"), (6, 0, 10, "positive"), (7, 0, 10, "negative"), (8, 0, 10, "latent_image"),
         (9, 0, 11, "samples"), (2, 2, 11, "vae"), (10, 0, 12, "samples"), (2, 2, 12, "vae"),
         (4, 0, 13, "image1"), (12, 0, 13, "image2"), (13, 0, 14, "image1"), (11, 0, 14, "image2"),
@@ -141,9 +156,22 @@ def workflow() -> dict:
     }
 
 
-if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else DEFAULT_OUT
-    with open(out, "w") as handle:
-        json.dump(workflow(), handle, indent=1)
-        handle.write("\n")
-    print(out)
+def motion_scores(path: str) -> dict[str, float]:
+    """DMT motion fidelity of the unguided and cloned panels of the saved animation to its reference panel."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageSequence
+
+    from motionclone.errors import MotionCloneError
+    from motionclone.fidelity import motion_fidelity
+
+    def score(reference, generated) -> float:
+        try:
+            return motion_fidelity(reference, generated).score
+        except MotionCloneError:  # no point of the generated panel could be tracked: nothing follows the motion
+            return 0.0
+
+    with Image.open(path) as animation:
+        frames = np.stack([np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(animation)])
+    panels = torch.from_numpy(frames).float().div(255).chunk(3, dim=2)  # side by side: split the width
+    return {"unguided": score(panels[0], panels[1]), "cloned": score(panels[0], panels[2])}
