@@ -24,7 +24,7 @@ import comfy.model_patcher
 import comfy.patcher_extension
 import torch
 
-from ...motionclone import MotionCloneError
+from ...motionclone.errors import IncompatibleModelError
 from ...motionclone.windows import ContextWindows, fuse
 from .forwards import capture_attention, capture_forward, new_capture
 from .run import CAPTURE_KEY, WINDOWS_KEY, SamplingRun, active_windows
@@ -62,7 +62,7 @@ def windowed_calc_cond_batch(executor, model, conds, x_in: torch.Tensor, timeste
         return executor(model, conds, x_in, timestep, model_options)
     settings, windows = found
     if model_options.get("transformer_options", {}).get(CAPTURE_KEY) is not None:
-        raise MotionCloneError(
+        raise IncompatibleModelError(
             f"This node reads attention of all {x_in.shape[0]} frames in one forward and does not support "
             f"'MotionClone: Context Windows' yet ({settings.describe()}). Give it a MODEL without the Context "
             "Windows node, or a clip of at most one window's frames."
@@ -90,7 +90,7 @@ def window_conds(conds: list[dict] | None, window: torch.Tensor, frames: int) ->
     windowed = []
     for cond in conds:
         if cond.get("control") is not None:
-            raise MotionCloneError(
+            raise IncompatibleModelError(
                 "'MotionClone: Context Windows' does not window ControlNet hints yet. Remove the ControlNet from the "
                 "conditioning, or sample at most one window's frames without 'MotionClone: Context Windows'."
             )
