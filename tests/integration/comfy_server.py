@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,3 +108,12 @@ def running_server(root: str, base: Path, *extra_args: str, timeout: float = 120
         finally:
             process.terminate()
             process.wait(timeout=30)
+
+
+def fetch(server, path: str) -> tuple[int, str, bytes]:
+    """`(status, content type, body)` of a GET of `path` on a running server (an HTTP error's status too)."""
+    try:
+        with urllib.request.urlopen(f"{server.url}{path}", timeout=30) as response:
+            return response.status, response.headers.get("Content-Type", ""), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers.get("Content-Type", ""), b""

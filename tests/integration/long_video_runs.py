@@ -184,6 +184,19 @@ def kept_for_backward_of_a_guided_run(comfyui, model, frames: int) -> int:
     return meter.peak
 
 
+def tiny_models(comfyui, length=16, overlap=4, schedule="uniform", fusion="pyramid"):
+    """`(plain, windowed)`: the tiny SD1.5-layout MODEL with `tiny_v3.safetensors` applied, and the same with
+    'MotionClone: Context Windows' of that layout (the motion file must be in models/animatediff_models)."""
+    model = comfyui.node("MotionCloneTestTinySD15")().build(seed=1)[0]
+    motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
+    plain = comfyui.node("MotionCloneApplyAnimateDiff").execute(
+        model=model, motion_model=motion, beta_schedule="sqrt_linear"
+    ).args[0]
+    windowed = comfyui.node("MotionCloneContextWindows").execute(model=plain, length=length, overlap=overlap,
+                                                                  schedule=schedule, fusion=fusion).args[0]
+    return plain, windowed
+
+
 def memory_table(comfy, length: int, overlap: int, frame_counts=(16, 32, 48, 64)) -> list[dict]:
     """Kept bytes and time per guided run of the integration tier's tiny SD1.5-layout model (random weights),
     window-free where the motion module allows it (32 frames) and windowed beyond."""
@@ -195,13 +208,7 @@ def memory_table(comfy, length: int, overlap: int, frame_counts=(16, 32, 48, 64)
     safetensors.torch.save_file(tiny_motion_state_dict("v3", seed=11), os.path.join(folder, "tiny_v3.safetensors"))
     rows = []
     with torch.inference_mode():
-        model = comfy.node("MotionCloneTestTinySD15")().build(seed=1)[0]
-        motion = comfy.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-        plain = comfy.node("MotionCloneApplyAnimateDiff").execute(
-            model=model, motion_model=motion, beta_schedule="sqrt_linear"
-        ).args[0]
-        windowed = comfy.node("MotionCloneContextWindows").execute(model=plain, length=length, overlap=overlap,
-                                                                   schedule="uniform", fusion="pyramid").args[0]
+        plain, windowed = tiny_models(comfy, length, overlap)
         for frames in frame_counts:
             for name, patched in (("window-free", plain), (f"windows {length}/{overlap}", windowed)):
                 if name == "window-free" and frames > 32 or name != "window-free" and frames <= length:

@@ -6,7 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 from comfy_harness import PromptFailed, loaded_pack_module
-from long_video_runs import kept_for_backward_of_a_guided_run
+from long_video_runs import kept_for_backward_of_a_guided_run, tiny_models
 from prompts import (
     extract_prompt,
     guidance_ksampler_prompt,
@@ -38,17 +38,6 @@ def with_frames(prompt: dict, frames: int) -> dict:
     return prompt
 
 
-def _models(comfyui, length=16, overlap=4, schedule="uniform", fusion="pyramid"):
-    model = comfyui.node("MotionCloneTestTinySD15")().build(seed=1)[0]
-    motion = comfyui.node("MotionCloneLoadAnimateDiff").execute(motion_module="tiny_v3.safetensors").args[0]
-    plain = comfyui.node("MotionCloneApplyAnimateDiff").execute(
-        model=model, motion_model=motion, beta_schedule="sqrt_linear"
-    ).args[0]
-    windowed = comfyui.node("MotionCloneContextWindows").execute(model=plain, length=length, overlap=overlap,
-                                                                  schedule=schedule, fusion=fusion).args[0]
-    return plain, windowed
-
-
 def _one_step(model, noise, positive, negative, sigma, cfg=7.5):
     """One euler step from sigma to 0: the sampler's clean estimate of `noise * sigma`, i.e. one forward pair."""
     import comfy.sample
@@ -64,7 +53,7 @@ def _one_step(model, noise, positive, negative, sigma, cfg=7.5):
 def test_a_windowed_forward_is_the_fusion_of_its_windows_forwards(comfyui, schedule, fusion):
     windows = loaded_pack_module("motionclone.windows")
     with torch.inference_mode():
-        plain, windowed = _models(comfyui, 8, 3, schedule, fusion)
+        plain, windowed = tiny_models(comfyui, 8, 3, schedule, fusion)
         positive = comfyui.node("MotionCloneTestRandomConditioning")().build(2)[0]
         negative = comfyui.node("MotionCloneTestRandomConditioning")().build(3)[0]
         noise = torch.randn(20, 4, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -177,7 +166,7 @@ def test_core_context_windows_and_ours_on_one_model_are_refused(comfyui, tmp_pat
 
 def test_a_64_frame_windowed_guided_step_keeps_what_a_16_frame_step_keeps_for_backward(comfyui):
     with torch.inference_mode():
-        plain, windowed = _models(comfyui, 16, 4)
+        plain, windowed = tiny_models(comfyui, 16, 4)
         sixteen = kept_for_backward_of_a_guided_run(comfyui, plain, 16)
         thirty_two = kept_for_backward_of_a_guided_run(comfyui, plain, 32)
         sixty_four = kept_for_backward_of_a_guided_run(comfyui, windowed, 64)

@@ -9,23 +9,13 @@ EXTENSION_WEB_DIRS; server.py adds one static route per entry). The frontend tak
 from __future__ import annotations
 
 import re
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from comfy_harness import PACK_ROOT
-from comfy_server import PACK_FOLDER_NAME
+from comfy_server import PACK_FOLDER_NAME, fetch
 
 PAGES = Path(PACK_ROOT) / "web" / "docs"
-
-
-def _fetch(server, path: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(f"{server.url}{path}", timeout=30) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("Content-Type", ""), b""
 
 
 @pytest.fixture(scope="module")
@@ -50,14 +40,14 @@ def test_every_help_page_is_served_where_the_frontend_looks(server, pack_nodes):
     for name, info in pack_nodes.items():
         url = _help_url(info)
         assert url == f"/extensions/{PACK_FOLDER_NAME}/docs/{name}.md"
-        status, content_type, body = _fetch(server, url)
+        status, content_type, body = fetch(server, url)
         assert status == 200, f"{url}: HTTP {status}"
         assert "text/html" not in content_type, f"{url} is served as {content_type}, which the frontend discards"
         assert body == (PAGES / f"{name}.md").read_bytes(), url
 
 
 def test_an_unknown_page_is_not_found(server):
-    status, _, _ = _fetch(server, f"/extensions/{PACK_FOLDER_NAME}/docs/MotionCloneNoSuchNode.md")
+    status, _, _ = fetch(server, f"/extensions/{PACK_FOLDER_NAME}/docs/MotionCloneNoSuchNode.md")
     assert status == 404
 
 

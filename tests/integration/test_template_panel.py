@@ -8,23 +8,13 @@ ask for the card image at `/api/workflow_templates/<pack folder>/<name>.jpg`; th
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 
 import pytest
-from comfy_server import PACK_FOLDER_NAME
+from comfy_server import PACK_FOLDER_NAME, fetch
 
 from workflows import WORKFLOWS_DIR, workflow_paths
 
 WORKFLOWS = workflow_paths()
-
-
-def _fetch(server, path: str) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(f"{server.url}{path}", timeout=30) as response:
-            return response.status, response.headers.get("Content-Type", ""), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("Content-Type", ""), b""
 
 
 def test_the_listing_holds_every_workflow_once_in_the_folder_order(server):
@@ -38,12 +28,12 @@ def test_the_listing_holds_every_workflow_once_in_the_folder_order(server):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_the_card_image_is_served_beside_the_workflow(server, name):
-    status, content_type, body = _fetch(server, f"/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.jpg")
+    status, content_type, body = fetch(server, f"/api/workflow_templates/{PACK_FOLDER_NAME}/{name}.jpg")
     assert status == 200, f"{name}.jpg: HTTP {status}; the card would show a placeholder"
     assert content_type == "image/jpeg"
     assert body == (WORKFLOWS_DIR / f"{name}.jpg").read_bytes()
 
 
 def test_a_missing_card_image_is_a_404_not_another_file(server):
-    status, _, _ = _fetch(server, f"/api/workflow_templates/{PACK_FOLDER_NAME}/no-such-workflow.jpg")
+    status, _, _ = fetch(server, f"/api/workflow_templates/{PACK_FOLDER_NAME}/no-such-workflow.jpg")
     assert status == 404
