@@ -17,9 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ...motionclone import AnimateDiffMotionModel, GuidanceSettings, GuidedStepPlan, motion_loss
+from ...motionclone import AnimateDiffMotionModel, GuidedStepPlan, motion_loss
 from ...motionclone.errors import MotionCloneError
-from ...motionclone.subject import SemanticSettings
 from ...motionclone.validation import require_finite
 from .checks import validate_guidance
 from .forwards import capture_forward, new_capture
@@ -27,14 +26,6 @@ from .gradient import attention_gradient
 from .run import Guidance, GuidanceRun, ReusableGradient, SamplingRun, active_windows
 from .semantic import advance_appearance, semantic_losses
 from .windows import mean_losses, windowed_gradient, windowed_measure
-
-
-def guidance_settings(motion_weight: float, guided_fraction: float, warm_up: int, cool_down: int,
-                      semantic: SemanticSettings | None, gradient_every: int = 1) -> GuidanceSettings:
-    """The settings both nodes build from their widgets: the semantic term is on when its bundle is active."""
-    semantic_on = semantic is not None and semantic.active
-    return GuidanceSettings(motion_weight, guided_fraction, warm_up, cool_down, 1.0 if semantic_on else 0.0,
-                            gradient_every)
 
 
 def weighted_sum(terms: dict[str, torch.Tensor], plan: GuidedStepPlan) -> torch.Tensor:

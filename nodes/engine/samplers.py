@@ -25,7 +25,13 @@ import comfy.utils
 import latent_preview
 import torch
 
-from ...motionclone import GuidanceLog, motionclone_timesteps, resolve_guided_steps, sample_motionclone
+from ...motionclone import (
+    GuidanceLog,
+    GuidanceSettings,
+    motionclone_timesteps,
+    resolve_guided_steps,
+    sample_motionclone,
+)
 from ...motionclone.inversion import InvertedClip, ddim_inversion, inversion_timesteps
 from ...motionclone.subject import SemanticSettings
 from ...motionclone.validation import require_finite, require_finite_number
@@ -42,7 +48,7 @@ from .checks import (
     require_attention_model,
 )
 from .forwards import apply_cfg
-from .guided_step import guidance_settings, guided_step, schedule_position
+from .guided_step import guided_step, schedule_position
 from .memory import memory_mode_for, with_memory_mode, without_dynamic_vram
 from .run import GUIDANCE_KEY, Guidance, current_run
 
@@ -198,6 +204,14 @@ class GuidanceRequest:
     memory_mode: str
     gradient_every: int
 
+    def guidance(self, motion, guided_fraction: float, model, node: str) -> Guidance:
+        """What the node asks every guided step for; the semantic term is on when its bundle is active, and an
+        auto memory mode is resolved for `model` and the MOTION's size."""
+        semantic_on = self.semantic is not None and self.semantic.active
+        settings = GuidanceSettings(self.motion_weight, guided_fraction, self.warm_up_steps, self.cool_down_steps,
+                                    1.0 if semantic_on else 0.0, self.gradient_every)
+        return Guidance(motion, settings, node, self.semantic, memory_mode_for(self.memory_mode, model, motion))
+
 
 def sample_guided(model, seed: int, steps: int, guided_steps: int, guided_fraction: float, cfg: float, positive,
                   negative, latent_image: dict, motion, request: GuidanceRequest, node: str):
@@ -226,16 +240,14 @@ def sample_guided(model, seed: int, steps: int, guided_steps: int, guided_fracti
     sigmas, guided = motionclone_sigmas(model, steps, guided_steps, guided_fraction)
     check_schedule(motion, motionclone_timesteps(steps, guided, guided_fraction).guided)
     log = GuidanceLog()
-    settings = guidance_settings(request.motion_weight, guided_fraction, request.warm_up_steps, request.cool_down_steps,
-                                 request.semantic, request.gradient_every)
-    mode = memory_mode_for(request.memory_mode, model, motion)
-    sampler = motionclone_ksampler(Guidance(motion, settings, node, request.semantic, mode), log)
+    guidance = request.guidance(motion, guided_fraction, model, node)
+    sampler = motionclone_ksampler(guidance, log)
     noise = comfy.sample.prepare_noise(samples, seed, latent_image.get("batch_index"))
     callback = latent_preview.prepare_callback(model, steps)
-    out = comfy.sample.sample_custom(with_memory_mode(model, mode), noise, cfg, sampler, sigmas, positive, negative,
-                                     samples, callback=callback, disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-                                     seed=seed)
-    return out, log, settings, warning
+    out = comfy.sample.sample_custom(with_memory_mode(model, guidance.memory_mode), noise, cfg, sampler, sigmas,
+                                     positive, negative, samples, callback=callback,
+                                     disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+    return out, log, guidance.settings, warning
 
 
 def guided_model(model, motion, guided_fraction: float, request: GuidanceRequest, node: str):
@@ -245,9 +257,6 @@ def guided_model(model, motion, guided_fraction: float, request: GuidanceRequest
     motion = checked_motion(motion)
     require_finite_number(request.motion_weight, "motion_weight")
     model = without_dynamic_vram(model, node)
-    settings = guidance_settings(request.motion_weight, guided_fraction, request.warm_up_steps, request.cool_down_steps,
-                                 request.semantic, request.gradient_every)
-    mode = memory_mode_for(request.memory_mode, model, motion)
-    guidance = Guidance(motion, settings, node, request.semantic, mode)
-    patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), mode)
+    guidance = request.guidance(motion, guided_fraction, model, node)
+    patched = with_memory_mode(apply_motion_guidance(model, MotionGuidanceWrapper(guidance)), guidance.memory_mode)
     return patched, family_warning(motion_model, motion)

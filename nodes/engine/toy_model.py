@@ -65,7 +65,6 @@ CLIP_CONFIG = {
     "max_position_embeddings": 77, "vocab_size": 49408, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5,
     "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1, "projection_dim": CONTEXT_DIM,
 }
-CLIP_SEED = 11
 TOKEN_EMBEDDING_KEY = "clip_l.transformer.text_model.embeddings.token_embedding.weight"
 
 
